@@ -1,0 +1,212 @@
+"""Keel's configuration: one validated `Settings` object, built from a YAML file and KEEL_* variables.
+
+Precedence, lowest first: built-in defaults < the YAML file (`--config` or KEEL_CONFIG) <
+environment variables (KEEL_HOME, KEEL_DATABASE_URL, KEEL_HOST, KEEL_PORT, KEEL_LOG_LEVEL) <
+command-line flags. This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from keel.errors import ConfigError
+
+__all__ = [
+    "DeploymentConfig",
+    "LocalModelsConfig",
+    "PriceConfig",
+    "ServerConfig",
+    "Settings",
+    "load_settings",
+]
+
+DEFAULT_HOME = Path("~/.keel")
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    record_batch_size: int = Field(default=500, ge=1)
+    record_flush_interval_s: float = Field(default=0.2, gt=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+
+class LocalModelsConfig(_Section):
+    """The bundled offline models: SmolLM2-135M-Instruct (chat) and all-MiniLM-L6-v2 (embeddings)."""
+
+    chat: bool = True
+    embeddings: bool = True
+    n_ctx: int = Field(default=2048, ge=256)
+    n_threads: int | None = Field(default=None, ge=1)
+    preload: bool = True
+
+
+class DeploymentConfig(_Section):
+    """One model Keel serves: a public id and the provider deployment behind it."""
+
+    id: str = Field(min_length=1, description="The model id clients send.")
+    provider: str = Field(min_length=1)
+    model: str | None = Field(default=None, description="Upstream model name; defaults to id.")
+    kind: Literal["chat", "embedding"] = "chat"
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    api_version: str | None = None
+    organization: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    model_path: Path | None = None
+    n_ctx: int = Field(default=4096, ge=256)
+    n_threads: int | None = Field(default=None, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        from keel.providers import provider_names
+
+        known = provider_names()
+        if value not in known:
+            raise ValueError(f"unknown provider {value!r}; known providers: {', '.join(known)}")
+        return value
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model or self.id
+
+
+class PriceConfig(_Section):
+    """USD per 1M tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+
+
+class Settings(_Section):
+    home: Path = DEFAULT_HOME
+    database_url: str | None = None
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    local_models: LocalModelsConfig = Field(default_factory=LocalModelsConfig)
+    models: list[DeploymentConfig] = Field(default_factory=list)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    config_file: Path | None = None
+
+    @field_validator("models")
+    @classmethod
+    def _unique_ids(cls, models: list[DeploymentConfig]) -> list[DeploymentConfig]:
+        seen: set[str] = set()
+        for deployment in models:
+            if deployment.id in seen:
+                raise ValueError(f"model id {deployment.id!r} is declared twice")
+            seen.add(deployment.id)
+        return models
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_dir / 'keel.db'}"
+
+
+class _Environment(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore")
+
+    home: Path | None = None
+    config: Path | None = None
+    database_url: str | None = None
+    host: str | None = None
+    port: int | None = None
+    log_level: str | None = None
+
+
+def load_settings(
+    config_file: Path | None = None, *, host: str | None = None, port: int | None = None
+) -> Settings:
+    """Build the effective settings; raise ConfigError naming file, field and reason."""
+    env = _Environment()
+    path = config_file or env.config
+    raw: dict[str, Any] = _read_yaml(path) if path else {}
+    server = raw.setdefault("server", {}) if isinstance(raw.get("server", {}), dict) else {}
+    for key, value in (("home", env.home), ("database_url", env.database_url)):
+        if value is not None:
+            raw[key] = str(value)
+    for key, value in (
+        ("host", host or env.host),
+        ("port", port or env.port),
+        ("log_level", env.log_level),
+    ):
+        if value is not None:
+            server[key] = value
+    if path:
+        raw["config_file"] = str(path)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+    expanded = _expand_env(data, path, ())
+    assert isinstance(expanded, dict)
+    return expanded
+
+
+def _expand_env(value: Any, path: Path, location: tuple[str | int, ...]) -> Any:
+    if isinstance(value, dict):
+        return {key: _expand_env(item, path, (*location, key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(item, path, (*location, index)) for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found is not None:
+            return found
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{path}: {_dotted(location)}: environment variable {name} is not set"
+        )
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def _dotted(location: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in location) or "(top level)"
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    # Messages are built from location and reason only: input values may be secrets.
+    source = str(path) if path else "settings"
+    lines = [f"{source}: {_dotted(tuple(err['loc']))}: {err['msg']}" for err in exc.errors()]
+    return "invalid configuration\n" + "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Keel's one exception tree. Every class carries the HTTP status and OpenAI error type it renders as.
+
+    KeelError (500, server_error)
+    ├── ConfigError                      raised at start-up; never reaches a client
+    ├── InvalidRequestError (400, invalid_request_error)
+    │   ├── UnsupportedParameterError    code=unsupported_parameter
+    │   └── ContextWindowExceededError   code=context_length_exceeded
+    ├── AuthenticationError (401)
+    ├── PermissionDeniedError (403)
+    ├── NotFoundError (404)
+    │   └── ModelNotFoundError           code=model_not_found
+    ├── RequestTooLargeError (413)
+    ├── RateLimitError (429)
+    └── UpstreamError (502, upstream_error)
+        ├── UpstreamConnectionError      could not reach the provider
+        ├── UpstreamAuthError            the provider refused Keel's credentials
+        ├── UpstreamBadResponseError     the provider answered with something unusable
+        ├── UpstreamUnavailableError (503)
+        └── UpstreamTimeoutError (504)
+
+Upstream errors that are about the client's request (a 400 from the provider) are raised as
+InvalidRequestError, so the client sees a 4xx it can act on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "ContextWindowExceededError",
+    "InvalidRequestError",
+    "KeelError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTooLargeError",
+    "UnsupportedParameterError",
+    "UpstreamAuthError",
+    "UpstreamBadResponseError",
+    "UpstreamConnectionError",
+    "UpstreamError",
+    "UpstreamTimeoutError",
+    "UpstreamUnavailableError",
+]
+
+
+class KeelError(Exception):
+    status_code: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class ConfigError(KeelError):
+    """A configuration file or setting is invalid. Raised before the server accepts traffic."""
+
+
+class InvalidRequestError(KeelError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedParameterError(InvalidRequestError):
+    default_code = "unsupported_parameter"
+
+
+class ContextWindowExceededError(InvalidRequestError):
+    default_code = "context_length_exceeded"
+
+
+class AuthenticationError(KeelError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(KeelError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class NotFoundError(KeelError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    default_code = "model_not_found"
+
+
+class RequestTooLargeError(KeelError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimitError(KeelError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class UpstreamError(KeelError):
+    status_code = 502
+    error_type = "upstream_error"
+    default_code = "upstream_error"
+
+
+class UpstreamConnectionError(UpstreamError):
+    default_code = "upstream_unreachable"
+
+
+class UpstreamAuthError(UpstreamError):
+    default_code = "upstream_authentication_failed"
+
+
+class UpstreamBadResponseError(UpstreamError):
+    default_code = "upstream_bad_response"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    status_code = 503
+    default_code = "upstream_unavailable"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status_code = 504
+    default_code = "upstream_timeout"

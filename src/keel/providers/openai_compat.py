@@ -1,0 +1,142 @@
+"""OpenAI, and every server that speaks its API: vLLM, Ollama, llama.cpp server, Groq, Together,
+Mistral, DeepSeek, OpenRouter, LM Studio, ... — plus Azure OpenAI's URL and api-version scheme.
+
+Requests are forwarded nearly verbatim (only the model name changes), so parameters these servers
+add on top of OpenAI's (vLLM's `top_k`, say) pass through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from keel.errors import UpstreamError
+from keel.gateway.schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
+from keel.providers._http import default_error_message, parse_json_event, post_json, stream_sse
+from keel.providers.base import Provider
+
+__all__ = ["AzureOpenAIProvider", "OpenAICompatibleProvider"]
+
+OPENAI_API_BASE = "https://api.openai.com/v1"
+
+
+class OpenAICompatibleProvider(Provider):
+    name: ClassVar[str] = "openai"
+    supports_completions = True
+    supports_embeddings = True
+    chat_params = None
+
+    def _url(self, endpoint: str) -> str:
+        base = (self.config.api_base or OPENAI_API_BASE).rstrip("/")
+        return f"{base}/{endpoint}"
+
+    def _query(self) -> dict[str, str] | None:
+        return None
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self.config.headers)
+        if self.config.api_key is not None:
+            headers["authorization"] = f"Bearer {self.config.api_key.get_secret_value()}"
+        if self.config.organization:
+            headers["openai-organization"] = self.config.organization
+        return headers
+
+    def _payload(self, request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+        payload = request.model_dump(exclude_unset=True, exclude_none=True, by_alias=True)
+        payload["model"] = self.upstream_model
+        return payload
+
+    def _stream_payload(self, request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+        payload = self._payload(request)
+        payload["stream"] = True
+        if self.config.options.get("stream_usage", True):
+            # Keel needs usage for accounting even when the client did not ask for it.
+            payload["stream_options"] = {**payload.get("stream_options", {}), "include_usage": True}
+        return payload
+
+    async def _post(self, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return await post_json(
+            self.http,
+            self.name,
+            self._url(endpoint),
+            payload,
+            headers=self._headers(),
+            params=self._query(),
+            timeout_s=self.config.timeout_s,
+            connect_timeout_s=self.config.connect_timeout_s,
+        )
+
+    async def _stream(self, endpoint: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        events = stream_sse(
+            self.http,
+            self.name,
+            self._url(endpoint),
+            payload,
+            headers=self._headers(),
+            params=self._query(),
+            timeout_s=self.config.timeout_s,
+            connect_timeout_s=self.config.connect_timeout_s,
+        )
+        async for event in events:
+            if event.data == "[DONE]":
+                break
+            chunk = parse_json_event(self.name, event.data)
+            if isinstance(chunk, dict) and "error" in chunk:
+                detail = default_error_message(chunk) or "stream error"
+                raise UpstreamError(f"{self.name} reported an error mid-stream: {detail}")
+            yield chunk
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
+        payload = self._payload(request)
+        payload.pop("stream_options", None)
+        return await self._post("chat/completions", payload)
+
+    def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        return self._stream("chat/completions", self._stream_payload(request))
+
+    async def complete(self, request: CompletionRequest) -> dict[str, Any]:
+        payload = self._payload(request)
+        payload.pop("stream_options", None)
+        return await self._post("completions", payload)
+
+    def complete_stream(self, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        return self._stream("completions", self._stream_payload(request))
+
+    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
+        payload = request.model_dump(exclude_unset=True, exclude_none=True)
+        payload["model"] = self.upstream_model
+        return await self._post("embeddings", payload)
+
+
+class AzureOpenAIProvider(OpenAICompatibleProvider):
+    """Azure OpenAI: `{api_base}/openai/deployments/{deployment}/...?api-version=...`, `api-key`.
+
+    With no `api_version`, the version-less v1 API (`{api_base}/openai/v1/...`) is used and the
+    deployment name goes in the body as the model.
+    """
+
+    name: ClassVar[str] = "azure"
+    required_config = ("api_base", "api_key")
+
+    def _url(self, endpoint: str) -> str:
+        base = (self.config.api_base or "").rstrip("/")
+        if self.config.api_version is None:
+            return f"{base}/openai/v1/{endpoint}"
+        return f"{base}/openai/deployments/{self.upstream_model}/{endpoint}"
+
+    def _query(self) -> dict[str, str] | None:
+        if self.config.api_version is None:
+            return None
+        return {"api-version": self.config.api_version}
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self.config.headers)
+        if self.config.api_key is not None:
+            headers["api-key"] = self.config.api_key.get_secret_value()
+        return headers
