@@ -1,4 +1,4 @@
-"""Keel's configuration: one validated `Settings` object, built from a YAML file and KEEL_* variables.
+"""Keel's configuration: one validated `Settings`, built from a YAML file and KEEL_* variables.
 
 Precedence, lowest first: built-in defaults < the YAML file (`--config` or KEEL_CONFIG) <
 environment variables (KEEL_HOME, KEEL_DATABASE_URL, KEEL_HOST, KEEL_PORT, KEEL_LOG_LEVEL) <
@@ -45,7 +45,7 @@ class ServerConfig(_Section):
 
 
 class LocalModelsConfig(_Section):
-    """The bundled offline models: SmolLM2-135M-Instruct (chat) and all-MiniLM-L6-v2 (embeddings)."""
+    """The bundled offline models: SmolLM2-135M-Instruct (chat), all-MiniLM-L6-v2 (embeddings)."""
 
     chat: bool = True
     embeddings: bool = True
@@ -142,17 +142,16 @@ def load_settings(
     env = _Environment()
     path = config_file or env.config
     raw: dict[str, Any] = _read_yaml(path) if path else {}
-    server = raw.setdefault("server", {}) if isinstance(raw.get("server", {}), dict) else {}
     for key, value in (("home", env.home), ("database_url", env.database_url)):
         if value is not None:
             raw[key] = str(value)
-    for key, value in (
-        ("host", host or env.host),
-        ("port", port or env.port),
-        ("log_level", env.log_level),
-    ):
-        if value is not None:
-            server[key] = value
+    given = {"host": host or env.host, "port": port or env.port, "log_level": env.log_level}
+    server_overrides = {key: value for key, value in given.items() if value is not None}
+    if server_overrides:
+        server = raw.get("server") or {}
+        if not isinstance(server, dict):
+            raise ConfigError(f"{path}: server: must be a mapping")
+        raw["server"] = {**server, **server_overrides}
     if path:
         raw["config_file"] = str(path)
     try:
@@ -194,9 +193,7 @@ def _expand_env(value: Any, path: Path, location: tuple[str | int, ...]) -> Any:
             return found
         if default is not None:
             return default
-        raise ConfigError(
-            f"{path}: {_dotted(location)}: environment variable {name} is not set"
-        )
+        raise ConfigError(f"{path}: {_dotted(location)}: environment variable {name} is not set")
 
     return _ENV_REFERENCE.sub(substitute, value)
 

@@ -1,4 +1,4 @@
-"""Keel's one exception tree. Every class carries the HTTP status and OpenAI error type it renders as.
+"""Keel's one exception tree. Each class carries the HTTP status and OpenAI error type it renders.
 
     KeelError (500, server_error)
     ├── ConfigError                      raised at start-up; never reaches a client

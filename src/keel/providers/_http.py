@@ -6,7 +6,6 @@ modules only say how to find the message in their error bodies.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ def default_error_message(body: Any) -> str | None:
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
+            return str(error["message"])
         if isinstance(error, str):
             return error
         if isinstance(body.get("message"), str):
@@ -116,7 +115,7 @@ def transport_errors(provider: str, timeout_s: float) -> Iterator[None]:
         yield
     except KeelError:
         raise
-    except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeoutError(f"{provider} did not answer within {timeout_s:g}s") from exc
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamConnectionError(f"cannot connect to {provider}: {exc.strerror}") from exc
@@ -204,7 +203,7 @@ async def stream_sse(
                     find_message=find_message,
                     retry_after=response.headers.get("retry-after"),
                 )
-            event, data = "", []
+            event, data = "", list[str]()
             async for raw_line in response.content:
                 line = raw_line.decode("utf-8").rstrip("\r\n")
                 if not line:

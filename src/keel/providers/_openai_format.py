@@ -46,7 +46,7 @@ def chat_completion(
     usage: dict[str, Any] | None,
     created: int | None = None,
 ) -> dict[str, Any]:
-    """`choices` items: {"index", "message": {"role", "content", ["tool_calls"]}, "finish_reason"}."""
+    """Each choice: {"index", "message": {"role", "content", ["tool_calls"]}, "finish_reason"}."""
     for choice in choices:
         choice.setdefault("logprobs", None)
     body: dict[str, Any] = {

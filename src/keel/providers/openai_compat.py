@@ -72,7 +72,9 @@ class OpenAICompatibleProvider(Provider):
             connect_timeout_s=self.config.connect_timeout_s,
         )
 
-    async def _stream(self, endpoint: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _stream(
+        self, endpoint: str, payload: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
         events = stream_sse(
             self.http,
             self.name,

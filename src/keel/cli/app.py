@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import typer
+
+from keel.cli import client_commands, serve
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="keel",
+    help="Keel: one OpenAI-compatible gateway over every LLM provider and local models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("serve")(serve.serve)
+app.command("models")(client_commands.models)
+app.command("chat")(client_commands.chat)
+app.command("embed")(client_commands.embed)
+app.command("requests")(client_commands.requests)
+app.command("version")(client_commands.version)
+
+
+def main() -> None:
+    app()

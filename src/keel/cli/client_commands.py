@@ -1,0 +1,133 @@
+"""Commands that talk to a running Keel server through the Python SDK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from keel import __version__
+from keel.cli.output import console, fail
+from keel.sdk import Keel, KeelAPIError, KeelConnectionError
+
+__all__ = ["chat", "embed", "models", "requests", "version"]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+UrlOption = typer.Option(None, "--url", envvar="KEEL_URL", help="Keel server URL.")
+KeyOption = typer.Option(None, "--api-key", envvar="KEEL_API_KEY", help="Keel API key.")
+
+
+@contextmanager
+def _client(url: str | None, api_key: str | None) -> Iterator[Keel]:
+    try:
+        with Keel(url, api_key=api_key) as client:
+            yield client
+    except KeelConnectionError as exc:
+        fail(f"{exc}\nIs the server running? Start it with: keel serve")
+    except KeelAPIError as exc:
+        where = f" (field: {exc.param})" if exc.param else ""
+        fail(f"{exc}{where}")
+
+
+def models(
+    url: str | None = UrlOption,
+    api_key: str | None = KeyOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the models Keel serves."""
+    with _client(url, api_key) as client:
+        found = client.models()
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    table = Table("id", "provider")
+    for model in found:
+        table.add_row(model["id"], model.get("owned_by", ""))
+    console.print(table)
+
+
+def chat(
+    prompt: str = typer.Argument(..., help="The question or instruction."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model id."),
+    system: str | None = typer.Option(None, "--system", "-s", help="System prompt."),
+    stream: bool = typer.Option(False, "--stream", help="Print tokens as they arrive."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", min=1),
+    temperature: float | None = typer.Option(None, "--temperature", min=0, max=2),
+    url: str | None = UrlOption,
+    api_key: str | None = KeyOption,
+) -> None:
+    """Ask a model one question."""
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": prompt})
+    params = _given(max_tokens=max_tokens, temperature=temperature)
+    with _client(url, api_key) as client:
+        if stream:
+            _print_stream(client.chat_stream(model, messages, **params))
+            return
+        response = client.chat(model, messages, **params)
+    typer.echo(response["choices"][0]["message"].get("content") or "")
+
+
+def _print_stream(chunks: Iterator[dict[str, Any]]) -> None:
+    for chunk in chunks:
+        for choice in chunk.get("choices", []):
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                typer.echo(text, nl=False)
+    typer.echo()
+
+
+def embed(
+    text: list[str] = typer.Argument(..., help="One or more texts."),
+    model: str = typer.Option("all-minilm-l6-v2", "--model", "-m"),
+    url: str | None = UrlOption,
+    api_key: str | None = KeyOption,
+) -> None:
+    """Embed texts and print the vectors as JSON lines."""
+    with _client(url, api_key) as client:
+        response = client.embed(model, text)
+    for item in response["data"]:
+        typer.echo(json.dumps(item["embedding"]))
+
+
+def requests(
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=1000),
+    model: str | None = typer.Option(None, "--model", "-m"),
+    url: str | None = UrlOption,
+    api_key: str | None = KeyOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show the most recent request records."""
+    with _client(url, api_key) as client:
+        rows = client.requests(limit=limit, model=model)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("time", "model", "deployment", "status", "ms", "tokens in/out", "cost $")
+    for row in rows:
+        table.add_row(
+            row["created_at"][:19],
+            row["model_requested"] or "",
+            row["deployment"] or "",
+            str(row["status_code"]),
+            f"{row['latency_ms']:.0f}",
+            f"{row['prompt_tokens'] or 0}/{row['completion_tokens'] or 0}",
+            "" if row["cost_usd"] is None else f"{row['cost_usd']:.6f}",
+        )
+    console.print(table)
+
+
+def version() -> None:
+    """Print Keel's version."""
+    typer.echo(__version__)
+
+
+def _given(**params: Any) -> dict[str, Any]:
+    return {key: value for key, value in params.items() if value is not None}

@@ -1,0 +1,7 @@
+"""The gateway: Keel's OpenAI-compatible request path, cost accounting and request records."""
+
+from keel.gateway.call import Call
+from keel.gateway.pricing import PriceTable, Usage
+from keel.gateway.service import BodySource, Gateway, Policy, Reply
+
+__all__ = ["BodySource", "Call", "Gateway", "Policy", "PriceTable", "Reply", "Usage"]

@@ -1,0 +1,90 @@
+"""One gateway call: its identity, timings, usage and outcome, and the record it becomes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from keel.errors import KeelError
+from keel.gateway.pricing import Usage
+
+if TYPE_CHECKING:
+    from keel.providers import Provider
+
+__all__ = ["CLIENT_CLOSED_REQUEST", "Call"]
+
+# nginx's convention for "the client went away before the response was complete".
+CLIENT_CLOSED_REQUEST = 499
+
+
+@dataclass(slots=True)
+class Call:
+    endpoint: str
+    caller: str | None = None
+    request_id: str = field(default_factory=lambda: f"req_{uuid.uuid4().hex}")
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.perf_counter)
+    model_requested: str | None = None
+    provider: Provider | None = None
+    stream: bool = False
+    upstream_s: float = 0.0
+    first_token_at: float | None = None
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    status_code: int = 200
+    error: KeelError | None = None
+    finished_at: float | None = None
+
+    def elapsed_ms(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.perf_counter()
+        return (end - self.started) * 1000
+
+    def overhead_ms(self) -> float:
+        """Time spent in Keel so far, upstream time excluded."""
+        return max(self.elapsed_ms() - self.upstream_s * 1000, 0.0)
+
+    def fail(self, error: KeelError) -> None:
+        self.error = error
+        self.status_code = error.status_code
+
+    def headers(self) -> dict[str, str]:
+        headers = {"x-keel-request-id": self.request_id}
+        if not self.stream:
+            headers["x-keel-cost-usd"] = (
+                "unknown" if self.cost_usd is None else f"{self.cost_usd:.8f}"
+            )
+        headers["x-keel-overhead-ms"] = f"{self.overhead_ms():.3f}"
+        return headers
+
+    def record(self) -> dict[str, Any]:
+        if self.finished_at is None:
+            self.finished_at = time.perf_counter()
+        provider = self.provider
+        usage = self.usage
+        return {
+            "id": self.request_id,
+            "created_at": self.created_at,
+            "endpoint": self.endpoint,
+            "model_requested": self.model_requested,
+            "provider": provider.name if provider else None,
+            "deployment": provider.config.id if provider else None,
+            "upstream_model": provider.upstream_model if provider else None,
+            "stream": self.stream,
+            "status_code": self.status_code,
+            "error_type": self.error.error_type if self.error else None,
+            "error_message": self.error.message[:1000] if self.error else None,
+            "latency_ms": self.elapsed_ms(),
+            "ttft_ms": (
+                (self.first_token_at - self.started) * 1000 if self.first_token_at else None
+            ),
+            "overhead_ms": self.overhead_ms(),
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "cached_tokens": usage.cached_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "cost_usd": self.cost_usd,
+            "caller": self.caller,
+        }

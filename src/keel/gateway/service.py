@@ -1,0 +1,241 @@
+"""The request path. Every inference call goes through `Gateway`, and reads in the order things
+happen: parse → identity and policy → route → call upstream → account → record → respond.
+
+Nothing here waits on the database: records go to the batched recorder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from keel.errors import InvalidRequestError, KeelError, UpstreamBadResponseError
+from keel.gateway.call import CLIENT_CLOSED_REQUEST, Call
+from keel.gateway.legacy import chat_request_for, text_chunks, text_completion_for
+from keel.gateway.pricing import PriceTable, Usage
+from keel.gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keel.gateway.sse import DONE, encode_error, encode_event
+
+if TYPE_CHECKING:
+    from keel.providers import Provider
+    from keel.routing import Router
+    from keel.store import RequestRecorder
+
+__all__ = ["BodySource", "Gateway", "Policy", "Reply"]
+
+log = logging.getLogger("keel.gateway")
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+class Policy(Protocol):
+    """A check between parsing and routing (identity, quotas, guardrails plug in here)."""
+
+    async def check(self, call: Call, request: BaseModel) -> None: ...
+
+
+BodySource = Callable[[], Awaitable[bytes]]
+
+
+@dataclass(slots=True)
+class Reply:
+    headers: dict[str, str]
+    body: dict[str, Any] | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+
+class Gateway:
+    def __init__(
+        self,
+        router: Router,
+        recorder: RequestRecorder,
+        prices: PriceTable,
+        policies: Sequence[Policy] = (),
+    ) -> None:
+        self.router = router
+        self.recorder = recorder
+        self.prices = prices
+        self.policies = list(policies)
+
+    async def chat_completions(self, body: BodySource, call: Call) -> Reply:
+        async with self._recorded(call):
+            request = await self._parse(ChatCompletionRequest, body, call)
+            await self._apply_policies(call, request)
+            provider = self._route(call, request.model, "chat")
+            provider.check_chat_request(request)
+            if request.stream:
+                return await self._open_stream(
+                    call, provider.chat_stream(request), request.wants_usage_chunk()
+                )
+            response = await self._upstream(call, provider.chat(request))
+            return self._respond(call, response)
+
+    async def completions(self, body: BodySource, call: Call) -> Reply:
+        async with self._recorded(call):
+            request = await self._parse(CompletionRequest, body, call)
+            await self._apply_policies(call, request)
+            provider = self._route(call, request.model, "completions")
+            wants_usage = bool(request.stream_options and request.stream_options.include_usage)
+            if provider.supports_completions:
+                if request.stream:
+                    return await self._open_stream(
+                        call, provider.complete_stream(request), wants_usage
+                    )
+                return self._respond(call, await self._upstream(call, provider.complete(request)))
+            chat_request = chat_request_for(request)
+            provider.check_chat_request(chat_request)
+            if request.stream:
+                chunks = text_chunks(provider.chat_stream(chat_request))
+                return await self._open_stream(call, chunks, wants_usage)
+            response = await self._upstream(call, provider.chat(chat_request))
+            return self._respond(call, text_completion_for(response))
+
+    async def embeddings(self, body: BodySource, call: Call) -> Reply:
+        async with self._recorded(call):
+            request = await self._parse(EmbeddingRequest, body, call)
+            await self._apply_policies(call, request)
+            provider = self._route(call, request.model, "embeddings")
+            return self._respond(call, await self._upstream(call, provider.embed(request)))
+
+    # -- the steps -------------------------------------------------------------------------
+
+    async def _parse(self, schema: type[RequestT], body: BodySource, call: Call) -> RequestT:
+        raw_body = await body()
+        try:
+            request = schema.model_validate_json(raw_body)
+        except ValidationError as exc:
+            raise _invalid_request(exc) from None
+        call.model_requested = getattr(request, "model", None)
+        call.stream = bool(getattr(request, "stream", False))
+        return request
+
+    async def _apply_policies(self, call: Call, request: BaseModel) -> None:
+        for policy in self.policies:
+            await policy.check(call, request)
+
+    def _route(self, call: Call, model: str, capability: Any) -> Provider:
+        provider = self.router.resolve(model, capability)
+        call.provider = provider
+        return provider
+
+    async def _upstream(self, call: Call, pending: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            return await pending
+        finally:
+            call.upstream_s += time.perf_counter() - started
+
+    def _account(self, call: Call, usage: dict[str, Any] | None) -> None:
+        call.usage = Usage.from_openai(usage)
+        provider = call.provider
+        if provider is None or call.usage is None:
+            return
+        if provider.is_local:
+            call.cost_usd = 0.0
+            return
+        price = self.prices.price_for(provider.config.id, provider.upstream_model)
+        if price is not None:
+            call.cost_usd = self.prices.cost(price, call.usage)
+
+    def _respond(self, call: Call, response: dict[str, Any]) -> Reply:
+        self._account(call, response.get("usage"))
+        return Reply(headers=call.headers(), body=response)
+
+    # -- streaming -------------------------------------------------------------------------
+
+    async def _open_stream(
+        self, call: Call, chunks: AsyncIterator[dict[str, Any]], include_usage: bool
+    ) -> Reply:
+        """Wait for the first chunk before answering, so a failure up to then gets a real
+        HTTP status; after that, failures become an error event at the end of the stream."""
+        iterator = aiter(chunks)
+        started = time.perf_counter()
+        try:
+            first = await anext(iterator)
+        except StopAsyncIteration:
+            raise UpstreamBadResponseError(
+                "the provider ended the stream without a chunk"
+            ) from None
+        finally:
+            call.upstream_s += time.perf_counter() - started
+        call.stream = True
+        reply = Reply(headers=call.headers())
+        reply.stream = self._relay(call, first, iterator, include_usage)
+        return reply
+
+    async def _relay(
+        self,
+        call: Call,
+        first: dict[str, Any],
+        rest: AsyncIterator[dict[str, Any]],
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        usage: dict[str, Any] | None = None
+        completed = False
+        try:
+            chunk: dict[str, Any] | None = first
+            while chunk is not None:
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                    if not include_usage:
+                        del chunk["usage"]
+                if chunk.get("choices"):
+                    if call.first_token_at is None:
+                        call.first_token_at = time.perf_counter()
+                    yield encode_event(chunk)
+                elif include_usage and "usage" in chunk:
+                    yield encode_event(chunk)
+                chunk = await anext(rest, None)
+            completed = True
+            yield DONE
+        except KeelError as exc:
+            call.fail(exc)
+            yield encode_error(exc)
+        except Exception as exc:
+            log.exception("stream %s failed", call.request_id)
+            error = UpstreamBadResponseError(f"the stream failed: {type(exc).__name__}")
+            call.fail(error)
+            yield encode_error(error)
+        finally:
+            if not completed and call.error is None:
+                call.status_code = CLIENT_CLOSED_REQUEST
+            close = getattr(rest, "aclose", None)
+            if close is not None:
+                # Stops the upstream read or the local generation the client no longer wants.
+                await close()
+            self._account(call, usage)
+            self.recorder.add(call.record())
+
+    # -- recording -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _recorded(self, call: Call) -> AsyncIterator[None]:
+        """Record the call exactly once: here, unless a stream took over the recording."""
+        try:
+            yield
+        except KeelError as exc:
+            call.fail(exc)
+            self.recorder.add(call.record())
+            raise
+        except Exception:
+            call.status_code = 500
+            self.recorder.add(call.record())
+            raise
+        if not call.stream:
+            self.recorder.add(call.record())
+
+
+def _invalid_request(exc: ValidationError) -> InvalidRequestError:
+    first = exc.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "json_invalid":
+        return InvalidRequestError(
+            f"the body is not valid JSON: {first['msg']}", code="invalid_json"
+        )
+    message = f"{location}: {first['msg']}" if location else first["msg"]
+    return InvalidRequestError(message, param=location or None)

@@ -1,0 +1,77 @@
+"""One place renders every error as OpenAI's body: {"error": {message, type, param, code}}."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from keel.errors import InvalidRequestError, KeelError
+
+__all__ = ["error_response", "install_error_handlers"]
+
+log = logging.getLogger("keel.server")
+
+_HTTP_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_response(error: KeelError, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        content=orjson.dumps(error.to_body()),
+        status_code=error.status_code,
+        media_type="application/json",
+        headers={**error.headers, **(headers or {})},
+    )
+
+
+async def _keel_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, KeelError)
+    return error_response(exc)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    location = ".".join(str(part) for part in first["loc"] if part not in ("body", "query"))
+    return error_response(InvalidRequestError(f"{location}: {first['msg']}", param=location))
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    body = {
+        "error": {
+            "message": str(exc.detail),
+            "type": _HTTP_ERROR_TYPES.get(exc.status_code, "invalid_request_error"),
+            "param": None,
+            "code": None,
+        }
+    }
+    return Response(
+        content=orjson.dumps(body),
+        status_code=exc.status_code,
+        media_type="application/json",
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the server log only; the client gets a plain message.
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(KeelError("internal server error; see the Keel server log"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(KeelError, _keel_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,3 @@
+from keel.server.routes import inference, operations
+
+__all__ = ["inference", "operations"]

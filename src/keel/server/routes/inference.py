@@ -1,0 +1,76 @@
+"""The OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response, StreamingResponse
+
+from keel.errors import KeelError
+from keel.gateway import BodySource, Call, Reply
+from keel.gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keel.server.body import read_body
+from keel.server.errors import error_response
+from keel.server.services import Services, services
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+Handler = Callable[[BodySource, Call], Awaitable[Reply]]
+
+
+def _body_doc(schema: Any) -> dict[str, Any]:
+    # Bodies are parsed by the gateway (one validation, OpenAI-style errors); this documents them.
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema.model_json_schema()}},
+        }
+    }
+
+
+async def _serve(request: Request, keel: Services, endpoint: str, handler: Handler) -> Response:
+    call = Call(endpoint=endpoint)
+    limit = keel.settings.server.max_request_body_bytes
+    try:
+        reply = await handler(lambda: read_body(request, limit), call)
+    except KeelError as exc:
+        return error_response(exc, call.headers())
+    if reply.stream is not None:
+        return StreamingResponse(
+            reply.stream,
+            media_type="text/event-stream",
+            headers={**reply.headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    return Response(
+        content=orjson.dumps(reply.body), media_type="application/json", headers=reply.headers
+    )
+
+
+@router.post("/chat/completions", openapi_extra=_body_doc(ChatCompletionRequest))
+async def chat_completions(request: Request, keel: Services = Depends(services)) -> Response:
+    return await _serve(request, keel, "chat.completions", keel.gateway.chat_completions)
+
+
+@router.post("/completions", openapi_extra=_body_doc(CompletionRequest))
+async def completions(request: Request, keel: Services = Depends(services)) -> Response:
+    return await _serve(request, keel, "completions", keel.gateway.completions)
+
+
+@router.post("/embeddings", openapi_extra=_body_doc(EmbeddingRequest))
+async def embeddings(request: Request, keel: Services = Depends(services)) -> Response:
+    return await _serve(request, keel, "embeddings", keel.gateway.embeddings)
+
+
+@router.get("/models")
+async def list_models(keel: Services = Depends(services)) -> dict[str, Any]:
+    return {"object": "list", "data": keel.router.list_models()}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, keel: Services = Depends(services)) -> dict[str, Any]:
+    return keel.router.describe(model_id)

@@ -1,0 +1,66 @@
+"""Operating Keel: liveness, readiness, and the request records."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from starlette.responses import JSONResponse
+
+from keel.errors import NotFoundError
+from keel.server.services import Services, services
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(keel: Services = Depends(services)) -> JSONResponse:
+    checks: dict[str, Any] = {}
+    try:
+        await asyncio.to_thread(keel.database.ping)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    models = {
+        provider.config.id: "ok" if provider.ready() else "not loadable"
+        for provider in keel.router.providers
+        if provider.is_local
+    }
+    checks["local_models"] = models
+    ready = checks["database"] == "ok" and all(state == "ok" for state in models.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/v1/keel/requests")
+async def list_requests(
+    keel: Services = Depends(services),
+    limit: int = Query(50, ge=1, le=1000),
+    model: str | None = Query(None, max_length=255),
+) -> dict[str, Any]:
+    rows = await asyncio.to_thread(keel.database.recent_records, limit, model)
+    return {"object": "list", "data": [_public(row) for row in rows]}
+
+
+@router.get("/v1/keel/requests/{request_id}")
+async def get_request(request_id: str, keel: Services = Depends(services)) -> dict[str, Any]:
+    row = await asyncio.to_thread(keel.database.get_record, request_id)
+    if row is None:
+        raise NotFoundError(f"no request record {request_id!r} (records are written in batches)")
+    return _public(row)
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["created_at"] = row["created_at"].isoformat()
+    return row

@@ -1,0 +1,80 @@
+"""What the routes use, built once per app in the lifespan and reached through `services()`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+from fastapi import Request
+
+from keel.config import Settings
+from keel.gateway import Gateway, PriceTable
+from keel.routing import Router, build_providers
+from keel.store import Database, RequestRecorder
+
+__all__ = ["Services", "running_services", "services"]
+
+log = logging.getLogger("keel.server")
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    database: Database
+    recorder: RequestRecorder
+    router: Router
+    gateway: Gateway
+    http: aiohttp.ClientSession
+    warmup: asyncio.Task[None] | None = None
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.keel
+    return found
+
+
+@asynccontextmanager
+async def running_services(settings: Settings) -> AsyncIterator[Services]:
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.effective_database_url)
+    await asyncio.to_thread(database.migrate)
+    recorder = RequestRecorder(
+        database,
+        batch_size=settings.server.record_batch_size,
+        flush_interval_s=settings.server.record_flush_interval_s,
+    )
+    await recorder.start()
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=300),
+        # Keel's own calls must not pick up proxies or credentials from the environment.
+        trust_env=False,
+    )
+    router = Router(build_providers(settings, http))
+    gateway = Gateway(router, recorder, PriceTable(settings.prices))
+    running = Services(settings, database, recorder, router, gateway, http)
+    if settings.local_models.preload:
+        running.warmup = asyncio.create_task(_warm_up(router))
+    try:
+        yield running
+    finally:
+        if running.warmup is not None and not running.warmup.done():
+            running.warmup.cancel()
+        await recorder.stop()
+        for provider in router.providers:
+            await provider.aclose()
+        await http.close()
+        database.dispose()
+
+
+async def _warm_up(router: Router) -> None:
+    """Load local models in the background so the first request doesn't pay for it."""
+    for provider in router.providers:
+        if provider.is_local:
+            try:
+                await provider.start()
+            except Exception:
+                log.exception("could not load local model %s", provider.config.id)

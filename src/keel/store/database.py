@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.engine import make_url
+
+from keel.store.schema import request_records
+
+__all__ = ["Database", "normalize_url"]
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalize_url(url: str) -> str:
+    """Pick the psycopg 3 driver for bare postgres URLs; other drivers are left as given."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Database:
+    """A synchronous engine, used from worker threads only (never on the event loop)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_url(url)
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def insert_records(self, rows: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(request_records.insert(), rows)
+
+    def recent_records(self, limit: int = 50, model: str | None = None) -> list[dict[str, Any]]:
+        query = select(request_records).order_by(request_records.c.created_at.desc()).limit(limit)
+        if model is not None:
+            query = query.where(request_records.c.model_requested == model)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def get_record(self, record_id: str) -> dict[str, Any] | None:
+        query = select(request_records).where(request_records.c.id == record_id)
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        return dict(row._mapping) if row else None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (the records API) run while the recorder writes.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
