@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-from keel.errors import UpstreamError
+from keel.errors import UpstreamBadResponseError, UpstreamError
 from keel.gateway.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -85,14 +85,21 @@ class OpenAICompatibleProvider(Provider):
             timeout_s=self.config.timeout_s,
             connect_timeout_s=self.config.connect_timeout_s,
         )
+        finished = False
         async for event in events:
             if event.data == "[DONE]":
+                finished = True
                 break
             chunk = parse_json_event(self.name, event.data)
             if isinstance(chunk, dict) and "error" in chunk:
                 detail = default_error_message(chunk) or "stream error"
                 raise UpstreamError(f"{self.name} reported an error mid-stream: {detail}")
+            if any(choice.get("finish_reason") for choice in chunk.get("choices") or ()):
+                finished = True
             yield chunk
+        if not finished:
+            # A stream that stops with neither [DONE] nor a finish reason was cut short.
+            raise UpstreamBadResponseError(f"{self.name} ended the stream before it finished")
 
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
         payload = self._payload(request)
