@@ -6,8 +6,10 @@ Routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, and A
 By default a chat answers "Echo: <last user message>" and counts one token per word. Tests
 script it with `fake.then(...)`: an `ErrorReply` (status + OpenAI error body, optional
 retry-after), `Hang` (sleep past the client's timeout), `CutStream` (send k chunks then drop the
-connection), `Malformed` (a 200 whose body is not JSON), or `Reply` (exact content / tool calls /
-usage). Every request is recorded in `fake.requests`.
+connection), `StreamError` (send k chunks then an `{"error": ...}` event), `RawStream` (a 200
+event stream with exactly the given body), `Malformed` (a 200 whose body is not JSON), or `Reply`
+(exact content / tool calls / usage / extra message fields). Every request is recorded in
+`fake.requests`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Reply:
     tool_calls: list[dict[str, Any]] | None = None
     finish_reason: str = "stop"
     usage: dict[str, Any] | None = None
+    # Extra message fields (vLLM's and DeepSeek's `reasoning_content`, say); streamed as one delta.
+    message_extra: dict[str, Any] | None = None
 
 
 @dataclass
@@ -62,11 +66,28 @@ class CutStream:
 
 
 @dataclass
+class StreamError:
+    """Stream `after_chunks` chunks, then an `{"error": ...}` event (as OpenAI and vLLM do)."""
+
+    after_chunks: int
+    message: str = "The server had an error while processing your request."
+    type: str = "server_error"
+    hold_open_s: float = 0.0  # how long to keep the connection open after the error event
+
+
+@dataclass
+class RawStream:
+    """A 200 `text/event-stream` response whose body is exactly `body`."""
+
+    body: bytes
+
+
+@dataclass
 class Malformed:
     body: bytes = b"{not json"
 
 
-Scripted = Reply | ErrorReply | Hang | CutStream | Malformed
+Scripted = Reply | ErrorReply | Hang | CutStream | StreamError | RawStream | Malformed
 
 
 @dataclass
@@ -93,8 +114,15 @@ class FakeOpenAI:
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
             Route("/v1/models", self._models, methods=["GET"]),
             Route("/openai/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/openai/v1/completions", self._completions, methods=["POST"]),
+            Route("/openai/v1/embeddings", self._embeddings, methods=["POST"]),
             Route(
                 "/openai/deployments/{deployment}/chat/completions", self._chat, methods=["POST"]
+            ),
+            Route(
+                "/openai/deployments/{deployment}/completions",
+                self._completions,
+                methods=["POST"],
             ),
             Route(
                 "/openai/deployments/{deployment}/embeddings", self._embeddings, methods=["POST"]
@@ -132,6 +160,8 @@ class FakeOpenAI:
             return None
         if isinstance(scripted, Malformed):
             return Response(scripted.body, media_type="application/json")
+        if isinstance(scripted, RawStream):
+            return Response(scripted.body, media_type="text/event-stream")
         return scripted
 
     async def _chat(self, request: Request) -> Response:
@@ -141,7 +171,11 @@ class FakeOpenAI:
         if isinstance(scripted, Response):
             return scripted
         reply = scripted if isinstance(scripted, Reply) else None
-        cut = scripted.after_chunks if isinstance(scripted, CutStream) else None
+        cut = scripted.after_chunks if isinstance(scripted, CutStream | StreamError) else None
+        error, hold_open_s = None, 0.0
+        if isinstance(scripted, StreamError):
+            error = {"message": scripted.message, "type": scripted.type, "param": None}
+            hold_open_s = scripted.hold_open_s
         if reply is None:
             reply = Reply(content=f"Echo: {_last_user_text(body)}")
         usage = reply.usage or _usage(body, reply.content or "")
@@ -149,10 +183,13 @@ class FakeOpenAI:
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = _chat_events(model, reply, usage if include_usage else None)
-            return StreamingResponse(_sse(events, cut), media_type="text/event-stream")
+            return StreamingResponse(
+                _sse(events, cut, error, hold_open_s), media_type="text/event-stream"
+            )
         message: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.tool_calls:
             message["tool_calls"] = reply.tool_calls
+        message.update(reply.message_extra or {})
         return JSONResponse(
             {
                 "id": "chatcmpl-fake",
@@ -277,6 +314,8 @@ def _chat_events(model: str, reply: Reply, usage: dict[str, Any] | None) -> list
         }
 
     events = [chunk({"role": "assistant", "content": ""})]
+    if reply.message_extra:
+        events.append(chunk(dict(reply.message_extra)))
     for word in (reply.content or "").split(" "):
         if word:
             events.append(chunk({"content": word + " "}))
@@ -291,8 +330,18 @@ def _chat_events(model: str, reply: Reply, usage: dict[str, Any] | None) -> list
     return events
 
 
-async def _sse(events: list[dict[str, Any]], cut_after: int | None) -> AsyncIterator[bytes]:
+async def _sse(
+    events: list[dict[str, Any]],
+    cut_after: int | None,
+    error: dict[str, Any] | None = None,
+    hold_open_s: float = 0.0,
+) -> AsyncIterator[bytes]:
     for sent, event in enumerate(events):
+        if cut_after is not None and sent >= cut_after and error is not None:
+            # An upstream that fails mid-answer reports it in-band, then ends the stream.
+            yield f"data: {json.dumps({'error': error})}\n\n".encode()
+            await asyncio.sleep(hold_open_s)
+            break
         if cut_after is not None and sent >= cut_after:
             # Ending the body without [DONE] is what a dropped upstream connection looks like.
             raise ConnectionResetError("fake upstream cut the stream")
