@@ -413,14 +413,32 @@ class Throughput:
     seconds: float
     latencies: list[float]
     overheads: list[float]
+    cpu: dict[str, float]  # process -> CPU seconds used during the run
 
     @property
     def rps(self) -> float:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (Linux /proc); this process's own when pid is None."""
+    if pid is None:
+        return time.process_time()
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def throughput(
-    target: Target, body: bytes, n: int, concurrency: int, cap_s: float
+    target: Target,
+    body: bytes,
+    n: int,
+    concurrency: int,
+    cap_s: float,
+    pids: dict[str, int | None],
 ) -> Throughput:
     latencies: list[float] = []
     overheads: list[float] = []
@@ -438,11 +456,13 @@ async def throughput(
                 if outcome[1] is not None:
                     overheads.append(float(outcome[1]))
 
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - started
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     return Throughput(
-        target.name, issued, target.failed - failed_before, seconds, latencies, overheads
+        target.name, issued, target.failed - failed_before, seconds, latencies, overheads, cpu
     )
 
 
@@ -533,11 +553,25 @@ def throughput_table(runs: Sequence[Throughput], concurrency: int) -> str:
                 ms(median(run.overheads)) if run.overheads else "-",
             ]
         )
-    return render(
+    table = render(
         f"Throughput at concurrency {concurrency}, non-streaming",
         ["", "requests", "failed", "s", "req/s", "p50 ms", "p90 ms", "p99 ms", "overhead p50"],
         rows,
     )
+    names = list(runs[0].cpu)
+    cpu_rows = [
+        [run.label, *(f"{100 * run.cpu[name] / run.seconds:.0f}%" for name in names)]
+        for run in runs
+    ]
+    cpu_rows += [
+        [
+            f"{run.label}, CPU ms per request",
+            *(f"{1000 * run.cpu[name] / max(len(run.latencies), 1):.3f}" for name in names),
+        ]
+        for run in runs
+    ]
+    cpu = render("CPU used during those runs (100% = one core)", ["", *names], cpu_rows)
+    return f"{table}\n\n{cpu}"
 
 
 def verdict(ok: bool) -> str:
@@ -559,7 +593,11 @@ class Settings:
 
 
 async def measure(
-    settings: Settings, fake_port: int, keel_port: int, keel: subprocess.Popen[bytes]
+    settings: Settings,
+    fake_port: int,
+    keel_port: int,
+    fake: subprocess.Popen[bytes],
+    keel: subprocess.Popen[bytes],
 ) -> tuple[list[Paired], list[Throughput], int]:
     await wait_ready(f"http://{HOST}:{keel_port}/readyz", keel, 90)
     client_class = CLIENTS[settings.client]
@@ -583,19 +621,24 @@ async def measure(
 
     runs: list[Throughput] = []
     c = settings.concurrency
+    pids: dict[str, int | None] = {"client": None, "fake upstream": fake.pid, "Keel": keel.pid}
     direct_c = Target("direct to fake", direct.url, client_class(c))
     via_c = Target("through Keel", via.url, client_class(c))
     try:
         warmup = max(settings.warmup, 2 * c)
-        await throughput(direct_c, plain[0], warmup, c, settings.cap_s)
+        await throughput(direct_c, plain[0], warmup, c, settings.cap_s, pids)
         runs.append(
-            await throughput(direct_c, plain[0], settings.throughput_requests, c, settings.cap_s)
+            await throughput(
+                direct_c, plain[0], settings.throughput_requests, c, settings.cap_s, pids
+            )
         )
-        await throughput(via_c, plain[1], warmup, c, settings.cap_s)
+        await throughput(via_c, plain[1], warmup, c, settings.cap_s, pids)
         profiler = start_py_spy(settings.py_spy, keel.pid)
         try:
             runs.append(
-                await throughput(via_c, plain[1], settings.throughput_requests, c, settings.cap_s)
+                await throughput(
+                    via_c, plain[1], settings.throughput_requests, c, settings.cap_s, pids
+                )
             )
         finally:
             if profiler is not None:
@@ -658,7 +701,7 @@ def run(settings: Settings) -> int:
         keel_log = workdir / "keel.log"
         try:
             fake_port, keel_port = free_port(), free_port()
-            children.start(
+            fake = children.start(
                 [sys.executable, __file__, "--fake-upstream", str(fake_port)],
                 stdin=subprocess.DEVNULL,
             )
@@ -687,7 +730,9 @@ def run(settings: Settings) -> int:
             )
             started = time.perf_counter()
             try:
-                pairs, runs, answered = run_fast(measure(settings, fake_port, keel_port, keel))
+                pairs, runs, answered = run_fast(
+                    measure(settings, fake_port, keel_port, fake, keel)
+                )
             except RuntimeError as exc:
                 print(f"benchmark failed: {exc}\n--- Keel log ---\n{log_tail(keel_log)}")
                 return 1
