@@ -161,6 +161,37 @@ def test_keel_sdk_and_cli(server: tuple[str, Path, subprocess.Popen[str]]) -> No
     assert "Traceback" not in failed.stderr
 
 
+def test_client_disconnect_stops_the_generation(
+    server: tuple[str, Path, subprocess.Popen[str]],
+) -> None:
+    url, _, _ = server
+    body = {
+        "model": CHAT,
+        "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
+        "max_tokens": 1500,
+        "stream": True,
+    }
+    with httpx.Client(base_url=url, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            request_id = response.headers["x-keel-request-id"]
+            lines = response.iter_lines()
+            for _ in range(6):
+                next(lines)
+        # The model is free again long before 1,500 tokens could have been generated...
+        quick = http.post(
+            "/v1/chat/completions",
+            json={"model": CHAT, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3},
+        )
+        assert quick.status_code == 200
+        # ...and the abandoned call is recorded as such, with the tokens actually generated.
+        deadline = time.monotonic() + 10
+        while (record := http.get(f"/v1/keel/requests/{request_id}")).status_code == 404:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert record.json()["status_code"] == 499
+    assert record.json()["completion_tokens"] < 1500
+
+
 def test_graceful_stop_flushes_every_request_record(
     server: tuple[str, Path, subprocess.Popen[str]],
 ) -> None:

@@ -176,6 +176,7 @@ class Gateway:
         include_usage: bool,
     ) -> AsyncIterator[bytes]:
         usage: dict[str, Any] | None = None
+        content_chunks = 0
         completed = False
         try:
             chunk: dict[str, Any] | None = first
@@ -185,8 +186,10 @@ class Gateway:
                     if not include_usage:
                         del chunk["usage"]
                 if chunk.get("choices"):
-                    if call.first_token_at is None:
-                        call.first_token_at = time.perf_counter()
+                    if _carries_output(chunk):
+                        content_chunks += 1
+                        if call.first_token_at is None:
+                            call.first_token_at = time.perf_counter()
                     yield encode_event(chunk)
                 elif include_usage and "usage" in chunk:
                     yield encode_event(chunk)
@@ -204,6 +207,10 @@ class Gateway:
         finally:
             if not completed and call.error is None:
                 call.status_code = CLIENT_CLOSED_REQUEST
+            if usage is None and content_chunks:
+                # The stream stopped before the provider reported usage. Providers stream about
+                # one token per chunk, so the chunks relayed are the best count of what was paid.
+                usage = {"completion_tokens": content_chunks}
             close = getattr(rest, "aclose", None)
             if close is not None:
                 # Stops the upstream read or the local generation the client no longer wants.
@@ -228,6 +235,14 @@ class Gateway:
             raise
         if not call.stream:
             self.recorder.add(call.record())
+
+
+def _carries_output(chunk: dict[str, Any]) -> bool:
+    for choice in chunk["choices"]:
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or choice.get("text"):
+            return True
+    return False
 
 
 def _invalid_request(exc: ValidationError) -> InvalidRequestError:

@@ -6,7 +6,7 @@ modules only say how to find the message in their error bodies.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +29,14 @@ from keel.errors import (
     UpstreamUnavailableError,
 )
 
-__all__ = ["ErrorMessageFinder", "SSEEvent", "error_for_status", "post_json", "stream_sse"]
+__all__ = [
+    "ErrorMessageFinder",
+    "SSEEvent",
+    "credentials_in",
+    "error_for_status",
+    "post_json",
+    "stream_sse",
+]
 
 ErrorMessageFinder = Callable[[Any], str | None]
 
@@ -70,8 +77,9 @@ def error_for_status(
     *,
     find_message: ErrorMessageFinder = default_error_message,
     retry_after: str | None = None,
+    credentials: Sequence[str] = (),
 ) -> KeelError:
-    """The Keel error for an upstream HTTP error response."""
+    """The Keel error for an upstream HTTP error response, with `credentials` blanked out."""
     try:
         body: Any = orjson.loads(raw_body) if raw_body else None
     except orjson.JSONDecodeError:
@@ -79,6 +87,9 @@ def error_for_status(
     detail = find_message(body) if body is not None else None
     if detail is None:
         detail = raw_body[:300].decode("utf-8", "replace").strip() or "no error body"
+    for secret in credentials:
+        # Some servers repeat the key they refused; it must not travel on to clients or logs.
+        detail = detail.replace(secret, "[redacted]")
     message = f"{provider} returned HTTP {status}: {detail}"
     lowered = detail.lower()
     headers = {"retry-after": retry_after} if retry_after else None
@@ -102,6 +113,21 @@ def error_for_status(
     if status == 504 or status == 408:
         return UpstreamTimeoutError(message)
     return UpstreamError(message)
+
+
+_CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog-api-key"})
+
+
+def credentials_in(headers: dict[str, str]) -> list[str]:
+    """The secret values a request carries in its headers (with and without a scheme)."""
+    found = []
+    for name, value in headers.items():
+        if name.lower() in _CREDENTIAL_HEADERS:
+            found.append(value)
+            _, _, token = value.partition(" ")
+            if token:
+                found.append(token)
+    return sorted((secret for secret in found if len(secret) >= 4), key=len, reverse=True)
 
 
 def _mentions_policy(text: str) -> bool:
@@ -160,6 +186,7 @@ async def post_json(
                     raw,
                     find_message=find_message,
                     retry_after=response.headers.get("retry-after"),
+                    credentials=credentials_in(headers),
                 )
     try:
         body = orjson.loads(raw)
@@ -202,6 +229,7 @@ async def stream_sse(
                     await response.read(),
                     find_message=find_message,
                     retry_after=response.headers.get("retry-after"),
+                    credentials=credentials_in(headers),
                 )
             event, data = "", list[str]()
             async for raw_line in response.content:

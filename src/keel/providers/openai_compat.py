@@ -7,11 +7,11 @@ add on top of OpenAI's (vLLM's `top_k`, say) pass through untouched.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from keel.errors import KeelError, UpstreamBadResponseError, UpstreamError
+from keel.errors import UpstreamBadResponseError, UpstreamError
 from keel.gateway.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -19,7 +19,13 @@ from keel.gateway.schemas import (
     CompletionRequest,
     EmbeddingRequest,
 )
-from keel.providers._http import default_error_message, parse_json_event, post_json, stream_sse
+from keel.providers._http import (
+    SSEEvent,
+    default_error_message,
+    parse_json_event,
+    post_json,
+    stream_sse,
+)
 from keel.providers.base import Provider
 
 __all__ = ["AzureOpenAIProvider", "OpenAICompatibleProvider"]
@@ -61,35 +67,8 @@ class OpenAICompatibleProvider(Provider):
             payload["stream_options"] = {**payload.get("stream_options", {}), "include_usage": True}
         return payload
 
-    def _redact_key(self, error: KeelError) -> None:
-        """Some servers repeat the key they refused in their error; never pass it on to clients."""
-        if self.config.api_key is None:
-            return
-        secret = self.config.api_key.get_secret_value()
-        if secret and secret in error.message:
-            error.message = error.message.replace(secret, "[redacted]")
-            error.args = (error.message,)
-
     async def _post(self, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return await post_json(
-                self.http,
-                self.name,
-                self._url(endpoint),
-                payload,
-                headers=self._headers(),
-                params=self._query(),
-                timeout_s=self.config.timeout_s,
-                connect_timeout_s=self.config.connect_timeout_s,
-            )
-        except KeelError as exc:
-            self._redact_key(exc)
-            raise
-
-    async def _stream(
-        self, endpoint: str, payload: dict[str, Any]
-    ) -> AsyncIterator[dict[str, Any]]:
-        events = stream_sse(
+        return await post_json(
             self.http,
             self.name,
             self._url(endpoint),
@@ -99,30 +78,44 @@ class OpenAICompatibleProvider(Provider):
             timeout_s=self.config.timeout_s,
             connect_timeout_s=self.config.connect_timeout_s,
         )
+
+    async def _stream(
+        self, endpoint: str, payload: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        # stream_sse is an async generator; it is typed as an iterator.
+        events = cast(
+            AsyncGenerator[SSEEvent, None],
+            stream_sse(
+                self.http,
+                self.name,
+                self._url(endpoint),
+                payload,
+                headers=self._headers(),
+                params=self._query(),
+                timeout_s=self.config.timeout_s,
+                connect_timeout_s=self.config.connect_timeout_s,
+            ),
+        )
         finished = False
         # Closing the event stream on every exit releases its connection now, not when the
         # generator is collected (an exception's traceback can keep it alive for long).
         async with aclosing(events):
-            try:
-                async for event in events:
-                    if event.data == "[DONE]":
-                        finished = True
-                        break
-                    chunk = parse_json_event(self.name, event.data)
-                    if not isinstance(chunk, dict):
-                        raise UpstreamBadResponseError(
-                            f"{self.name} sent a stream event that is not a JSON object"
-                        )
-                    if "error" in chunk:
-                        detail = default_error_message(chunk) or "stream error"
-                        raise UpstreamError(f"{self.name} reported an error mid-stream: {detail}")
-                    choices = chunk.get("choices") or ()
-                    if any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
-                        finished = True
-                    yield chunk
-            except KeelError as exc:
-                self._redact_key(exc)
-                raise
+            async for event in events:
+                if event.data == "[DONE]":
+                    finished = True
+                    break
+                chunk = parse_json_event(self.name, event.data)
+                if not isinstance(chunk, dict):
+                    raise UpstreamBadResponseError(
+                        f"{self.name} sent a stream event that is not a JSON object"
+                    )
+                if "error" in chunk:
+                    detail = default_error_message(chunk) or "stream error"
+                    raise UpstreamError(f"{self.name} reported an error mid-stream: {detail}")
+                choices = chunk.get("choices") or ()
+                if any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
+                    finished = True
+                yield chunk
         if not finished:
             # A stream that stops with neither [DONE] nor a finish reason was cut short.
             raise UpstreamBadResponseError(f"{self.name} ended the stream before it finished")

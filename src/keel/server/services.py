@@ -32,7 +32,8 @@ class Services:
     warmup: asyncio.Task[None] | None = None
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, per request.
     found: Services = request.app.state.keel
     return found
 
