@@ -725,7 +725,8 @@ def run(settings: Settings) -> int:
                 )
             print(
                 f"fake upstream on :{fake_port}, Keel (pid {keel.pid}) on :{keel_port}, "
-                f"client {settings.client}, {os.cpu_count()} CPUs",
+                f"client {settings.client}, {os.cpu_count()} CPUs, "
+                f"load average {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
             started = time.perf_counter()

@@ -59,7 +59,7 @@ prices:
     [
         (
             "models:\n  - {id: x, provider: nope}\n",
-            "models.0.provider: Value error, unknown provider",
+            "models.0 (x).provider: Value error, unknown provider",
         ),
         ("models:\n  - {provider: openai}\n", "models.0.id: Field required"),
         ("server: {port: 99999}\n", "server.port: Input should be less than or equal to 65535"),
@@ -83,7 +83,9 @@ def test_bad_files_name_file_field_and_reason(tmp_path: Path, text: str, expecte
 
 def test_missing_provider_field_is_caught_before_serving(tmp_path: Path) -> None:
     path = write(tmp_path, "models:\n  - {id: claude, provider: anthropic}\n")
-    with pytest.raises(ConfigError, match=r"models\.0\.api_key: required by provider 'anthropic'"):
+    with pytest.raises(
+        ConfigError, match=r"models\.0 \(claude\)\.api_key: required by provider 'anthropic'"
+    ):
         create_app(load_settings(path))
 
 
@@ -101,5 +103,5 @@ def test_keel_serve_refuses_a_bad_file_with_exit_code_1(tmp_path: Path) -> None:
     path = write(tmp_path, "models:\n  - {id: x, provider: nope}\n")
     result = CliRunner().invoke(app, ["serve", "--config", str(path)])
     assert result.exit_code == 1
-    assert "models.0.provider" in result.output
+    assert "models.0 (x).provider" in result.output
     assert "unknown provider 'nope'" in result.output

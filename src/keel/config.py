@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keel.errors import ConfigError
@@ -72,6 +80,12 @@ class DeploymentConfig(_Section):
     n_ctx: int = Field(default=4096, ge=256)
     n_threads: int | None = Field(default=None, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
+    # How the deployment takes part in a model group.
+    weight: float = Field(default=1.0, gt=0, description="Share of traffic (weighted strategy).")
+    tier: int = Field(default=1, ge=1, description="Priority tier; 1 is used first.")
+    region: str | None = Field(default=None, description="Region or jurisdiction tag.")
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute it can take.")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute it can take.")
 
     @field_validator("provider")
     @classmethod
@@ -96,24 +110,117 @@ class PriceConfig(_Section):
     cached_input: float | None = Field(default=None, ge=0)
 
 
+RetryableFailure = Literal[
+    "rate_limit", "server_error", "unavailable", "timeout", "connection", "bad_response", "auth"
+]
+DEFAULT_RETRY_ON: tuple[RetryableFailure, ...] = (
+    "rate_limit",
+    "server_error",
+    "unavailable",
+    "timeout",
+    "connection",
+    "bad_response",
+    "auth",
+)
+
+
+class RetryPolicy(_Section):
+    """Retries within a group. A 4xx caused by the request itself is never retried."""
+
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    backoff_initial_s: float = Field(default=0.1, ge=0)
+    backoff_max_s: float = Field(default=4.0, ge=0)
+    deadline_s: float = Field(default=120.0, gt=0, description="Total time for one request.")
+    retry_on: list[RetryableFailure] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
+
+
+class CircuitPolicy(_Section):
+    """Take a deployment out of rotation after `failure_threshold` failures in `window_s`."""
+
+    failure_threshold: int = Field(default=5, ge=1)
+    window_s: float = Field(default=30.0, gt=0)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class RoutingConfig(_Section):
+    """Defaults for every group (and for each plain model, which is a group of one)."""
+
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    circuit: CircuitPolicy = Field(default_factory=CircuitPolicy)
+    latency_ewma_alpha: float = Field(default=0.3, gt=0, le=1)
+
+
+Strategy = Literal["weighted", "least_inflight", "lowest_latency", "lowest_cost", "priority"]
+
+
+class ModelGroupConfig(_Section):
+    """One public model id served by several deployments."""
+
+    id: str = Field(min_length=1)
+    strategy: Strategy = "weighted"
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    fallbacks: list[str] = Field(default_factory=list)
+    context_window_fallback: str | None = None
+    content_policy_fallback: str | None = None
+    retry: RetryPolicy | None = None
+    circuit: CircuitPolicy | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_deployments(cls, data: Any) -> Any:
+        # Deployments may omit `id`; they are then named after the group and their position.
+        if isinstance(data, dict) and isinstance(data.get("deployments"), list):
+            group = data.get("id", "group")
+            data = {
+                **data,
+                "deployments": [
+                    {"id": f"{group}-{index + 1}", **item} if isinstance(item, dict) else item
+                    for index, item in enumerate(data["deployments"])
+                ],
+            }
+        return data
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelGroupConfig:
+        kinds = {deployment.kind for deployment in self.deployments}
+        if len(kinds) > 1:
+            raise ValueError(f"group {self.id!r} mixes chat and embedding deployments")
+        return self
+
+    def all_fallbacks(self) -> list[str]:
+        special = [self.context_window_fallback, self.content_policy_fallback]
+        return [*self.fallbacks, *(name for name in special if name)]
+
+
 class Settings(_Section):
     home: Path = DEFAULT_HOME
     database_url: str | None = None
     server: ServerConfig = Field(default_factory=ServerConfig)
     local_models: LocalModelsConfig = Field(default_factory=LocalModelsConfig)
     models: list[DeploymentConfig] = Field(default_factory=list)
+    groups: list[ModelGroupConfig] = Field(default_factory=list)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     config_file: Path | None = None
 
-    @field_validator("models")
-    @classmethod
-    def _unique_ids(cls, models: list[DeploymentConfig]) -> list[DeploymentConfig]:
-        seen: set[str] = set()
-        for deployment in models:
-            if deployment.id in seen:
-                raise ValueError(f"model id {deployment.id!r} is declared twice")
-            seen.add(deployment.id)
-        return models
+    @model_validator(mode="after")
+    def _consistent_routing(self) -> Settings:
+        public: set[str] = set()
+        deployments: set[str] = set()
+        for model_id in [m.id for m in self.models] + [g.id for g in self.groups]:
+            if model_id in public:
+                raise ValueError(f"model id {model_id!r} is declared twice")
+            public.add(model_id)
+        for deployment in [*self.models, *(d for g in self.groups for d in g.deployments)]:
+            if deployment.id in deployments:
+                raise ValueError(f"deployment id {deployment.id!r} is declared twice")
+            deployments.add(deployment.id)
+        for group in self.groups:
+            for target in group.all_fallbacks():
+                if target not in public:
+                    raise ValueError(f"group {group.id!r}: fallback {target!r} is not a model id")
+        _check_no_fallback_cycle({group.id: group.all_fallbacks() for group in self.groups})
+        return self
 
     @property
     def home_dir(self) -> Path:
@@ -122,6 +229,26 @@ class Settings(_Section):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home_dir / 'keel.db'}"
+
+
+def _check_no_fallback_cycle(edges: dict[str, list[str]]) -> None:
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> None:
+        if node in done:
+            return
+        if node in visiting:
+            cycle = [*visiting[visiting.index(node) :], node]
+            raise ValueError(f"group {node!r}: fallbacks form a cycle: {' -> '.join(cycle)}")
+        visiting.append(node)
+        for target in edges.get(node, []):
+            visit(target)
+        visiting.pop()
+        done.add(node)
+
+    for node in edges:
+        visit(node)
 
 
 class _Environment(BaseSettings):
@@ -157,7 +284,7 @@ def load_settings(
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, path, raw)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -202,8 +329,26 @@ def _dotted(location: tuple[str | int, ...]) -> str:
     return ".".join(str(part) for part in location) or "(top level)"
 
 
-def _describe(exc: ValidationError, path: Path | None) -> str:
+def _describe(exc: ValidationError, path: Path | None, raw: dict[str, Any]) -> str:
     # Messages are built from location and reason only: input values may be secrets.
     source = str(path) if path else "settings"
-    lines = [f"{source}: {_dotted(tuple(err['loc']))}: {err['msg']}" for err in exc.errors()]
+    lines = [
+        f"{source}: {_named_location(tuple(err['loc']), raw)}: {err['msg']}" for err in exc.errors()
+    ]
     return "invalid configuration\n" + "\n".join(lines)
+
+
+def _named_location(location: tuple[str | int, ...], raw: Any) -> str:
+    """`groups.0.deployments.1.weight` → `groups.0 (gpt).deployments.1 (gpt-2).weight`."""
+    parts = []
+    node = raw
+    for part in location:
+        label = str(part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+        if isinstance(part, int) and isinstance(node, dict) and isinstance(node.get("id"), str):
+            label = f"{part} ({node['id']})"
+        parts.append(label)
+    return ".".join(parts) or "(top level)"

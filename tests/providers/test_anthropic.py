@@ -21,9 +21,9 @@ from keel.errors import (
     UpstreamError,
     UpstreamUnavailableError,
 )
-from keel.gateway.schemas import ChatCompletionRequest
 from keel.providers import load_provider_class
 from keel.providers.anthropic import AnthropicProvider
+from keel.schemas import ChatCompletionRequest
 from tests.fakes.anthropic import (
     FakeAnthropic,
     Reply,

@@ -24,8 +24,8 @@ from keel.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from keel.gateway.schemas import ChatCompletionRequest, EmbeddingRequest
 from keel.providers.cohere import CohereProvider
+from keel.schemas import ChatCompletionRequest, EmbeddingRequest
 from tests.fakes.cohere import FakeCohere, FakeToolCall, Reply, _events
 from tests.fakes.server import serve_on_loopback
 

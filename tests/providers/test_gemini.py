@@ -23,9 +23,9 @@ from keel.errors import (
     UpstreamError,
     UpstreamUnavailableError,
 )
-from keel.gateway.schemas import ChatCompletionRequest
 from keel.providers import load_provider_class
 from keel.providers.gemini import GeminiProvider
+from keel.schemas import ChatCompletionRequest
 from tests.fakes.gemini import (
     FakeGemini,
     Reply,

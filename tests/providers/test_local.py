@@ -20,10 +20,10 @@ from keel.errors import (
     InvalidRequestError,
     UnsupportedParameterError,
 )
-from keel.gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keel.providers._worker import ModelWorker
 from keel.providers.local_embeddings import SentenceTransformersProvider
 from keel.providers.local_llama import LlamaCppProvider
+from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 CHAT_ID = "smollm2-135m-instruct"
 

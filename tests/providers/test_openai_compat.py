@@ -23,9 +23,9 @@ from keel.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from keel.gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keel.providers import load_provider_class
 from keel.providers.openai_compat import AzureOpenAIProvider, OpenAICompatibleProvider
+from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from tests.fakes.openai import (
     CutStream,
     ErrorReply,

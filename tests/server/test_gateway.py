@@ -39,6 +39,8 @@ async def keel(
             },
         ],
         server={"max_request_body_bytes": 4096},
+        # One attempt: these tests are about translation and errors; retries are tested apart.
+        routing={"retry": {"max_attempts": 1}},
     )
     async with running_app(settings) as running:
         yield running

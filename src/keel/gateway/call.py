@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from keel.errors import KeelError
 from keel.gateway.pricing import Usage
+from keel.routing import AttemptTrace
 
 if TYPE_CHECKING:
     from keel.providers import Provider
@@ -28,7 +29,8 @@ class Call:
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
     model_requested: str | None = None
-    provider: Provider | None = None
+    group: str | None = None
+    trace: AttemptTrace = field(default_factory=AttemptTrace)
     stream: bool = False
     upstream_s: float = 0.0
     first_token_at: float | None = None
@@ -37,6 +39,12 @@ class Call:
     status_code: int = 200
     error: KeelError | None = None
     finished_at: float | None = None
+
+    @property
+    def provider(self) -> Provider | None:
+        """The provider of the deployment that answered (or was tried last)."""
+        deployment = self.trace.deployment
+        return deployment.provider if deployment else None
 
     def elapsed_ms(self) -> float:
         end = self.finished_at if self.finished_at is not None else time.perf_counter()
@@ -52,6 +60,9 @@ class Call:
 
     def headers(self) -> dict[str, str]:
         headers = {"x-keel-request-id": self.request_id}
+        if self.provider is not None:
+            headers["x-keel-deployment"] = self.provider.config.id
+            headers["x-keel-attempts"] = str(self.trace.attempts)
         if not self.stream:
             headers["x-keel-cost-usd"] = (
                 "unknown" if self.cost_usd is None else f"{self.cost_usd:.8f}"
@@ -87,4 +98,5 @@ class Call:
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
             "cost_usd": self.cost_usd,
             "caller": self.caller,
+            "attempts": self.trace.attempts,
         }

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from keel.errors import InvalidRequestError
-from keel.gateway.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from keel.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 
 __all__ = ["chat_request_for", "text_chunks", "text_completion_for"]
 

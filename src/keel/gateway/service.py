@@ -19,18 +19,20 @@ from keel.errors import InvalidRequestError, KeelError, UpstreamBadResponseError
 from keel.gateway.call import CLIENT_CLOSED_REQUEST, Call
 from keel.gateway.legacy import chat_request_for, text_chunks, text_completion_for
 from keel.gateway.pricing import PriceTable, Usage
-from keel.gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keel.gateway.sse import DONE, encode_error, encode_event
+from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
     from keel.providers import Provider
-    from keel.routing import Router
+    from keel.routing import Capability, ModelGroup, Router
     from keel.store import RequestRecorder
 
 __all__ = ["BodySource", "Gateway", "Policy", "Reply"]
 
 log = logging.getLogger("keel.gateway")
 RequestT = TypeVar("RequestT", bound=BaseModel)
+T = TypeVar("T")
+Opened = tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]
 
 
 class Policy(Protocol):
@@ -66,41 +68,56 @@ class Gateway:
         async with self._recorded(call):
             request = await self._parse(ChatCompletionRequest, body, call)
             await self._apply_policies(call, request)
-            provider = self._route(call, request.model, "chat")
-            provider.check_chat_request(request)
+            group = self._route(call, request.model, "chat")
             if request.stream:
-                return await self._open_stream(
-                    call, provider.chat_stream(request), request.wants_usage_chunk()
-                )
-            response = await self._upstream(call, provider.chat(request))
-            return self._respond(call, response)
+
+                def open_stream(provider: Provider) -> Awaitable[Opened]:
+                    provider.check_chat_request(request)
+                    return _first_chunk(provider.chat_stream(request))
+
+                opened = await self._attempt(call, group, open_stream)
+                return self._stream_reply(call, opened, request.wants_usage_chunk())
+
+            def complete(provider: Provider) -> Awaitable[dict[str, Any]]:
+                provider.check_chat_request(request)
+                return provider.chat(request)
+
+            return self._respond(call, await self._attempt(call, group, complete))
 
     async def completions(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
             request = await self._parse(CompletionRequest, body, call)
             await self._apply_policies(call, request)
-            provider = self._route(call, request.model, "completions")
+            group = self._route(call, request.model, "completions")
             wants_usage = bool(request.stream_options and request.stream_options.include_usage)
-            if provider.supports_completions:
-                if request.stream:
-                    return await self._open_stream(
-                        call, provider.complete_stream(request), wants_usage
-                    )
-                return self._respond(call, await self._upstream(call, provider.complete(request)))
-            chat_request = chat_request_for(request)
-            provider.check_chat_request(chat_request)
             if request.stream:
-                chunks = text_chunks(provider.chat_stream(chat_request))
-                return await self._open_stream(call, chunks, wants_usage)
-            response = await self._upstream(call, provider.chat(chat_request))
-            return self._respond(call, text_completion_for(response))
+
+                def open_stream(provider: Provider) -> Awaitable[Opened]:
+                    if provider.supports_completions:
+                        return _first_chunk(provider.complete_stream(request))
+                    chat_request = chat_request_for(request)
+                    provider.check_chat_request(chat_request)
+                    return _first_chunk(text_chunks(provider.chat_stream(chat_request)))
+
+                opened = await self._attempt(call, group, open_stream)
+                return self._stream_reply(call, opened, wants_usage)
+
+            async def complete(provider: Provider) -> dict[str, Any]:
+                if provider.supports_completions:
+                    return await provider.complete(request)
+                chat_request = chat_request_for(request)
+                provider.check_chat_request(chat_request)
+                return text_completion_for(await provider.chat(chat_request))
+
+            return self._respond(call, await self._attempt(call, group, complete))
 
     async def embeddings(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
             request = await self._parse(EmbeddingRequest, body, call)
             await self._apply_policies(call, request)
-            provider = self._route(call, request.model, "embeddings")
-            return self._respond(call, await self._upstream(call, provider.embed(request)))
+            group = self._route(call, request.model, "embeddings")
+            response = await self._attempt(call, group, lambda provider: provider.embed(request))
+            return self._respond(call, response)
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -118,15 +135,18 @@ class Gateway:
         for policy in self.policies:
             await policy.check(call, request)
 
-    def _route(self, call: Call, model: str, capability: Any) -> Provider:
-        provider = self.router.resolve(model, capability)
-        call.provider = provider
-        return provider
+    def _route(self, call: Call, model: str, capability: Capability) -> ModelGroup:
+        group = self.router.resolve(model, capability)
+        call.group = group.id
+        return group
 
-    async def _upstream(self, call: Call, pending: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    async def _attempt(
+        self, call: Call, group: ModelGroup, invoke: Callable[[Provider], Awaitable[T]]
+    ) -> T:
+        """Call upstream through the router's retries and fallbacks, timing the upstream part."""
         started = time.perf_counter()
         try:
-            return await pending
+            return await self.router.execute(group, invoke, call.trace)
         finally:
             call.upstream_s += time.perf_counter() - started
 
@@ -138,6 +158,10 @@ class Gateway:
         if provider.is_local:
             call.cost_usd = 0.0
             return
+        if call.trace.deployment is not None:
+            call.trace.deployment.health.used_tokens(
+                call.usage.prompt_tokens + call.usage.completion_tokens
+            )
         price = self.prices.price_for(provider.config.id, provider.upstream_model)
         if price is not None:
             call.cost_usd = self.prices.cost(price, call.usage)
@@ -148,24 +172,13 @@ class Gateway:
 
     # -- streaming -------------------------------------------------------------------------
 
-    async def _open_stream(
-        self, call: Call, chunks: AsyncIterator[dict[str, Any]], include_usage: bool
-    ) -> Reply:
-        """Wait for the first chunk before answering, so a failure up to then gets a real
-        HTTP status; after that, failures become an error event at the end of the stream."""
-        iterator = aiter(chunks)
-        started = time.perf_counter()
-        try:
-            first = await anext(iterator)
-        except StopAsyncIteration:
-            raise UpstreamBadResponseError(
-                "the provider ended the stream without a chunk"
-            ) from None
-        finally:
-            call.upstream_s += time.perf_counter() - started
+    def _stream_reply(self, call: Call, opened: Opened, include_usage: bool) -> Reply:
+        """The first chunk is in hand, so failures up to here got a real HTTP status; from here
+        on a failure becomes an error event at the end of the stream."""
+        first, rest = opened
         call.stream = True
         reply = Reply(headers=call.headers())
-        reply.stream = self._relay(call, first, iterator, include_usage)
+        reply.stream = self._relay(call, first, rest, include_usage)
         return reply
 
     async def _relay(
@@ -235,6 +248,15 @@ class Gateway:
             raise
         if not call.stream:
             self.recorder.add(call.record())
+
+
+async def _first_chunk(chunks: AsyncIterator[dict[str, Any]]) -> Opened:
+    iterator = aiter(chunks)
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        raise UpstreamBadResponseError("the stream ended before its first chunk") from None
+    return first, iterator
 
 
 def _carries_output(chunk: dict[str, Any]) -> bool:

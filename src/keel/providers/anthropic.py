@@ -42,7 +42,16 @@ from keel.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from keel.gateway.schemas import (
+from keel.providers._http import parse_json_event, post_json, stream_sse
+from keel.providers._openai_format import (
+    chat_chunk,
+    chat_completion,
+    new_completion_id,
+    usage_chunk,
+)
+from keel.providers._openai_format import usage as openai_usage
+from keel.providers.base import COMMON_CHAT_PARAMS, Provider
+from keel.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -54,15 +63,6 @@ from keel.gateway.schemas import (
     RefusalPart,
     TextPart,
 )
-from keel.providers._http import parse_json_event, post_json, stream_sse
-from keel.providers._openai_format import (
-    chat_chunk,
-    chat_completion,
-    new_completion_id,
-    usage_chunk,
-)
-from keel.providers._openai_format import usage as openai_usage
-from keel.providers.base import COMMON_CHAT_PARAMS, Provider
 
 __all__ = ["AnthropicProvider", "anthropic_error_message"]
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from keel.errors import InvalidRequestError, UnsupportedParameterError
-from keel.gateway.schemas import (
+from keel.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,

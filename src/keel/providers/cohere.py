@@ -25,7 +25,16 @@ from keel.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from keel.gateway.schemas import (
+from keel.providers._http import SSEEvent, parse_json_event, post_json, stream_sse
+from keel.providers._openai_format import (
+    chat_chunk,
+    chat_completion,
+    new_completion_id,
+    usage,
+    usage_chunk,
+)
+from keel.providers.base import COMMON_CHAT_PARAMS, Provider
+from keel.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -36,15 +45,6 @@ from keel.gateway.schemas import (
     TextPart,
     Tool,
 )
-from keel.providers._http import SSEEvent, parse_json_event, post_json, stream_sse
-from keel.providers._openai_format import (
-    chat_chunk,
-    chat_completion,
-    new_completion_id,
-    usage,
-    usage_chunk,
-)
-from keel.providers.base import COMMON_CHAT_PARAMS, Provider
 
 __all__ = ["COHERE_API_BASE", "CohereProvider"]
 

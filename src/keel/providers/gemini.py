@@ -35,7 +35,16 @@ from keel.errors import (
     UpstreamBadResponseError,
     UpstreamError,
 )
-from keel.gateway.schemas import (
+from keel.providers._http import default_error_message, parse_json_event, post_json, stream_sse
+from keel.providers._openai_format import (
+    chat_chunk,
+    chat_completion,
+    new_completion_id,
+    usage,
+    usage_chunk,
+)
+from keel.providers.base import COMMON_CHAT_PARAMS, Provider
+from keel.schemas import (
     AudioPart,
     ChatCompletion,
     ChatCompletionChunk,
@@ -49,15 +58,6 @@ from keel.gateway.schemas import (
     Tool,
     ToolCall,
 )
-from keel.providers._http import default_error_message, parse_json_event, post_json, stream_sse
-from keel.providers._openai_format import (
-    chat_chunk,
-    chat_completion,
-    new_completion_id,
-    usage,
-    usage_chunk,
-)
-from keel.providers.base import COMMON_CHAT_PARAMS, Provider
 
 if TYPE_CHECKING:
     import aiohttp

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from keel.errors import ConfigError, InvalidRequestError, UnsupportedParameterError
-from keel.gateway.schemas import EmbeddingRequest
 from keel.providers._bundled import bundled_embedding_model_path
 from keel.providers._worker import ModelWorker
 from keel.providers.base import Provider
+from keel.schemas import EmbeddingRequest
 
 if TYPE_CHECKING:
     import aiohttp

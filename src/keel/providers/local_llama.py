@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from keel.errors import ConfigError, ContextWindowExceededError, InvalidRequestError
-from keel.gateway.schemas import (
+from keel.providers._bundled import bundled_chat_model_path
+from keel.providers._openai_format import usage, usage_chunk
+from keel.providers._worker import ModelWorker
+from keel.providers.base import Provider
+from keel.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     CompletionRequest,
 )
-from keel.providers._bundled import bundled_chat_model_path
-from keel.providers._openai_format import usage, usage_chunk
-from keel.providers._worker import ModelWorker
-from keel.providers.base import Provider
 
 if TYPE_CHECKING:
     import aiohttp

@@ -12,13 +12,6 @@ from contextlib import aclosing
 from typing import Any, ClassVar, cast
 
 from keel.errors import UpstreamBadResponseError, UpstreamError
-from keel.gateway.schemas import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-)
 from keel.providers._http import (
     SSEEvent,
     default_error_message,
@@ -27,6 +20,13 @@ from keel.providers._http import (
     stream_sse,
 )
 from keel.providers.base import Provider
+from keel.schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
 
 __all__ = ["AzureOpenAIProvider", "OpenAICompatibleProvider"]
 

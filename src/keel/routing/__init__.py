@@ -1,9 +1,21 @@
-"""Routing: which deployment serves a model id.
+"""Routing: which deployment serves a request, and what happens when it fails.
 
-Today a model id maps to one deployment; model groups, load balancing and fallbacks plug in here
-without the gateway or the providers changing.
+Every model id is a group of deployments (a plain model is a group of one). The router picks a
+deployment by the group's strategy, retries and fails over by the group's policy, and keeps each
+deployment's circuit breaker, latency and load.
 """
 
-from keel.routing.router import Capability, Router, build_providers
+from keel.routing.executor import AttemptTrace, failure_kind
+from keel.routing.group import Deployment, ModelGroup
+from keel.routing.router import Capability, Router, build_router, check_deployments
 
-__all__ = ["Capability", "Router", "build_providers"]
+__all__ = [
+    "AttemptTrace",
+    "Capability",
+    "Deployment",
+    "ModelGroup",
+    "Router",
+    "build_router",
+    "check_deployments",
+    "failure_kind",
+]

@@ -1,20 +1,26 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from keel.config import DeploymentConfig, Settings
+from keel.config import DeploymentConfig, ModelGroupConfig, Settings
 from keel.errors import ConfigError, InvalidRequestError, ModelNotFoundError
 from keel.providers import Provider, load_provider_class
 from keel.providers._bundled import BUNDLED_CHAT_MODEL_ID, BUNDLED_EMBEDDING_MODEL_ID
+from keel.routing.executor import AttemptTrace, execute
+from keel.routing.group import Deployment, ModelGroup
+from keel.routing.health import DeploymentHealth
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["Capability", "Router", "build_providers", "check_deployments"]
+    from keel.gateway.pricing import PriceTable
+
+__all__ = ["Capability", "Router", "build_router", "check_deployments"]
 
 Capability = Literal["chat", "completions", "embeddings"]
+T = TypeVar("T")
 
 
 def bundled_deployments(settings: Settings) -> list[DeploymentConfig]:
@@ -35,49 +41,91 @@ def bundled_deployments(settings: Settings) -> list[DeploymentConfig]:
                 id=BUNDLED_EMBEDDING_MODEL_ID, provider="sentence_transformers", kind="embedding"
             )
         )
-    declared = {deployment.id for deployment in settings.models}
+    declared = {model.id for model in settings.models} | {group.id for group in settings.groups}
     return [deployment for deployment in bundled if deployment.id not in declared]
 
 
 def check_deployments(settings: Settings) -> None:
-    """Raise ConfigError naming the entry and field a declared model is missing."""
+    """Raise ConfigError naming the entry and field a declared deployment is missing."""
     source = str(settings.config_file or "settings")
-    for index, deployment in enumerate(settings.models):
+    located = [(f"models.{i} ({d.id})", d) for i, d in enumerate(settings.models)]
+    for g_index, group in enumerate(settings.groups):
+        located += [
+            (f"groups.{g_index} ({group.id}).deployments.{d_index} ({d.id})", d)
+            for d_index, d in enumerate(group.deployments)
+        ]
+    for location, deployment in located:
         provider_class = load_provider_class(deployment.provider)
         for field in provider_class.required_config:
             if getattr(deployment, field) is None:
                 raise ConfigError(
-                    f"{source}: models.{index}.{field}: required by provider "
-                    f"{deployment.provider!r} (model {deployment.id!r})"
+                    f"{source}: {location}.{field}: required by provider {deployment.provider!r}"
                 )
 
 
-def build_providers(settings: Settings, http: aiohttp.ClientSession) -> dict[str, Provider]:
-    """One provider instance per served model: the bundled local ones, then the declared ones."""
+def build_router(
+    settings: Settings, http: aiohttp.ClientSession, prices: PriceTable | None = None
+) -> Router:
+    """Every served model id as a group: bundled and plain models are groups of one."""
     check_deployments(settings)
-    deployments = [*bundled_deployments(settings), *settings.models]
-    return {
-        deployment.id: load_provider_class(deployment.provider)(deployment, http)
-        for deployment in deployments
-    }
+    routing = settings.routing
+    singles = [
+        ModelGroupConfig(id=deployment.id, deployments=[deployment])
+        for deployment in [*bundled_deployments(settings), *settings.models]
+    ]
+    groups = {}
+    for config in [*singles, *settings.groups]:
+        circuit = config.circuit or routing.circuit
+        deployments = []
+        for deployment_config in config.deployments:
+            provider = load_provider_class(deployment_config.provider)(deployment_config, http)
+            health = DeploymentHealth(
+                circuit=circuit,
+                ewma_alpha=routing.latency_ewma_alpha,
+                rpm=deployment_config.rpm,
+                tpm=deployment_config.tpm,
+            )
+            price = None
+            if prices is not None:
+                found = prices.price_for(deployment_config.id, deployment_config.upstream_model)
+                price = None if found is None else found.input + found.output
+            deployments.append(Deployment(provider, health, price))
+        groups[config.id] = ModelGroup(
+            id=config.id,
+            deployments=deployments,
+            strategy=config.strategy,
+            retry=config.retry or routing.retry,
+            circuit=circuit,
+            fallbacks=list(config.fallbacks),
+            context_window_fallback=config.context_window_fallback,
+            content_policy_fallback=config.content_policy_fallback,
+        )
+    return Router(groups)
 
 
 class Router:
-    def __init__(self, providers: dict[str, Provider]) -> None:
-        self._providers = providers
+    def __init__(self, groups: dict[str, ModelGroup]) -> None:
+        self._groups = groups
         self._created = int(time.time())
 
     @property
     def providers(self) -> Iterable[Provider]:
-        return self._providers.values()
+        for group in self._groups.values():
+            for deployment in group.deployments:
+                yield deployment.provider
 
-    def resolve(self, model: str, capability: Capability) -> Provider:
-        provider = self._providers.get(model)
-        if provider is None:
+    def group(self, model: str) -> ModelGroup:
+        group = self._groups.get(model)
+        if group is None:
             raise ModelNotFoundError(
                 f"the model {model!r} does not exist; GET /v1/models lists the models served",
                 param="model",
             )
+        return group
+
+    def resolve(self, model: str, capability: Capability) -> ModelGroup:
+        group = self.group(model)
+        provider = group.first_provider
         supported = {
             "chat": provider.supports_chat,
             "completions": provider.supports_chat or provider.supports_completions,
@@ -89,21 +137,40 @@ class Router:
                 param="model",
                 code="wrong_model_kind",
             )
-        return provider
+        return group
+
+    async def execute(
+        self, group: ModelGroup, invoke: Callable[[Provider], Awaitable[T]], trace: AttemptTrace
+    ) -> T:
+        return await execute(group, invoke, self.group, trace)
 
     def describe(self, model: str) -> dict[str, Any]:
-        provider = self._providers.get(model)
-        if provider is None:
-            raise ModelNotFoundError(f"the model {model!r} does not exist", param="model")
-        return self._card(provider)
+        return self._card(self.group(model))
 
     def list_models(self) -> list[dict[str, Any]]:
-        return [self._card(provider) for provider in self._providers.values()]
+        return [self._card(group) for group in self._groups.values()]
 
-    def _card(self, provider: Provider) -> dict[str, Any]:
+    def deployments(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": deployment.id,
+                "group": group.id,
+                "provider": deployment.provider.name,
+                "upstream_model": deployment.provider.upstream_model,
+                "weight": deployment.weight,
+                "tier": deployment.tier,
+                "region": deployment.provider.config.region,
+                **deployment.health.snapshot(),
+            }
+            for group in self._groups.values()
+            for deployment in group.deployments
+        ]
+
+    def _card(self, group: ModelGroup) -> dict[str, Any]:
+        owners = {deployment.provider.name for deployment in group.deployments}
         return {
-            "id": provider.config.id,
+            "id": group.id,
             "object": "model",
             "created": self._created,
-            "owned_by": provider.name,
+            "owned_by": owners.pop() if len(owners) == 1 else "keel",
         }

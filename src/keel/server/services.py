@@ -13,7 +13,7 @@ from fastapi import Request
 
 from keel.config import Settings
 from keel.gateway import Gateway, PriceTable
-from keel.routing import Router, build_providers
+from keel.routing import Router, build_router
 from keel.store import Database, RequestRecorder
 
 __all__ = ["Services", "running_services", "services"]
@@ -54,8 +54,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         # Keel's own calls must not pick up proxies or credentials from the environment.
         trust_env=False,
     )
-    router = Router(build_providers(settings, http))
-    gateway = Gateway(router, recorder, PriceTable(settings.prices))
+    prices = PriceTable(settings.prices)
+    router = build_router(settings, http, prices)
+    gateway = Gateway(router, recorder, prices)
     running = Services(settings, database, recorder, router, gateway, http)
     if settings.local_models.preload:
         running.warmup = asyncio.create_task(_warm_up(router))

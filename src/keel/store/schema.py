@@ -41,6 +41,8 @@ request_records = Table(
     Column("reasoning_tokens", Integer),
     Column("cost_usd", Float),
     Column("caller", String(255)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("cache", String(16)),
     Index("ix_request_records_created_at", "created_at"),
     Index("ix_request_records_model_requested", "model_requested"),
 )

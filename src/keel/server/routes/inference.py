@@ -11,7 +11,7 @@ from starlette.responses import Response, StreamingResponse
 
 from keel.errors import KeelError
 from keel.gateway import BodySource, Call, Reply
-from keel.gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keel.server.body import read_body
 from keel.server.errors import error_response
 from keel.server.services import Services, services

@@ -1,4 +1,4 @@
-"""The OpenAI wire format Keel speaks to applications, as pydantic models.
+"""The OpenAI wire format Keel speaks to applications and providers, as pydantic models.
 
 Requests are validated here once; responses and stream chunks travel as plain dicts in the same
 format (`ChatCompletion`, `ChatCompletionChunk`) because building a pydantic object per streamed

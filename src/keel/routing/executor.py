@@ -1,0 +1,211 @@
+"""Running one request against a group: choose, call, retry, fail over, give up honestly.
+
+The rules, in order of precedence:
+- an error caused by the request itself (a 4xx other than 429) is raised at once, never retried;
+- context window exceeded / content policy refusal go to the group's special fallback if set;
+- a deployment failure (429, 5xx, timeouts, connection errors, unusable responses; which of
+  these count is `retry.retry_on`) is reported to the deployment's circuit breaker, then the next
+  attempt goes to an untried deployment at once, or — when every deployment was tried — to a
+  retry after exponential backoff with full jitter; a Retry-After is honoured by not calling that
+  deployment before it passes;
+- `retry.max_attempts` per group and `retry.deadline_s` for the whole request bound the work;
+- when the group is exhausted, its `fallbacks` are tried in order, each with its own retry policy;
+- if everything fails, the last error is raised (its class and status kept) with the list of
+  what was tried appended to its message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from keel.config import RetryableFailure
+from keel.errors import (
+    ContextWindowExceededError,
+    KeelError,
+    RateLimitError,
+    UpstreamAuthError,
+    UpstreamBadResponseError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from keel.providers import Provider
+from keel.routing.group import Deployment, ModelGroup
+
+__all__ = ["AttemptTrace", "execute"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class AttemptTrace:
+    """What happened on the way to an answer; the gateway turns it into headers and a record."""
+
+    tried: list[tuple[str, str]] = field(default_factory=list)  # (deployment id, outcome)
+    deployment: Deployment | None = None
+
+    @property
+    def attempts(self) -> int:
+        return len(self.tried)
+
+    def describe(self) -> str:
+        return ", ".join(f"{deployment} ({outcome})" for deployment, outcome in self.tried)
+
+
+def failure_kind(error: KeelError) -> RetryableFailure | None:
+    """The retryable failure an error is, or None when the request itself is at fault."""
+    if isinstance(error, RateLimitError):
+        return "rate_limit"
+    if isinstance(error, UpstreamTimeoutError):
+        return "timeout"
+    if isinstance(error, UpstreamUnavailableError):
+        return "unavailable"
+    if isinstance(error, UpstreamConnectionError):
+        return "connection"
+    if isinstance(error, UpstreamBadResponseError):
+        return "bad_response"
+    if isinstance(error, UpstreamAuthError):
+        return "auth"
+    if isinstance(error, UpstreamError):
+        return "server_error"
+    return None
+
+
+async def execute(
+    group: ModelGroup,
+    invoke: Callable[[Provider], Awaitable[T]],
+    resolve: Callable[[str], ModelGroup],
+    trace: AttemptTrace,
+) -> T:
+    deadline = time.monotonic() + group.retry.deadline_s
+    queue = [group.id, *group.fallbacks]
+    last_error: KeelError | None = None
+    while queue:
+        current = group if queue[0] == group.id else resolve(queue[0])
+        queue.pop(0)
+        try:
+            return await _run_group(current, invoke, trace, deadline)
+        except _Redirect as redirect:
+            last_error = redirect.error
+            queue = [redirect.target]
+        except _Exhausted as exhausted:
+            last_error = exhausted.error
+        if time.monotonic() >= deadline:
+            break
+    if last_error is None:
+        last_error = UpstreamUnavailableError(f"no deployment of {group.id!r} is available")
+    if trace.tried:
+        last_error.message = f"{last_error.message} — tried: {trace.describe()}"
+    raise last_error
+
+
+class _Exhausted(Exception):
+    def __init__(self, error: KeelError | None) -> None:
+        self.error = error
+
+
+class _Redirect(Exception):
+    def __init__(self, target: str, error: KeelError) -> None:
+        self.target = target
+        self.error = error
+
+
+async def _run_group(
+    group: ModelGroup,
+    invoke: Callable[[Provider], Awaitable[T]],
+    trace: AttemptTrace,
+    deadline: float,
+) -> T:
+    tried: list[str] = []
+    last_error: KeelError | None = None
+    for attempt in range(group.retry.max_attempts):
+        deployment = group.choose(tried)
+        if deployment is None:
+            deployment = await _wait_for_rate_limit(group, deadline)
+            if deployment is None:
+                break
+        if deployment.id in tried:
+            await _backoff(group, attempt, deadline)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        tried.append(deployment.id)
+        trace.deployment = deployment
+        deployment.health.started()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(remaining):
+                result = await invoke(deployment.provider)
+        except TimeoutError:
+            error: KeelError = UpstreamTimeoutError(
+                f"the request deadline of {group.retry.deadline_s:g}s passed"
+            )
+            deployment.health.failed("deadline")
+            trace.tried.append((deployment.id, "deadline"))
+            raise _Exhausted(error) from None
+        except KeelError as exc:
+            kind = failure_kind(exc)
+            trace.tried.append((deployment.id, kind or f"HTTP {exc.status_code}"))
+            if kind is None:
+                deployment.health.released()
+                target = _special_fallback(group, exc)
+                if target is not None:
+                    raise _Redirect(target, exc) from None
+                raise
+            deployment.health.failed(kind, retry_after_s=_retry_after(exc))
+            last_error = exc
+            if kind not in group.retry.retry_on:
+                raise _Exhausted(exc) from None
+            continue
+        except BaseException:
+            deployment.health.released()
+            raise
+        deployment.health.succeeded(time.monotonic() - started)
+        trace.tried.append((deployment.id, "ok"))
+        return result
+    raise _Exhausted(last_error)
+
+
+def _special_fallback(group: ModelGroup, error: KeelError) -> str | None:
+    if isinstance(error, ContextWindowExceededError):
+        return group.context_window_fallback
+    if error.code == "content_policy_violation":
+        return group.content_policy_fallback
+    return None
+
+
+def _retry_after(error: KeelError) -> float | None:
+    value = error.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None  # an HTTP date; the circuit breaker's cooldown covers it
+
+
+async def _backoff(group: ModelGroup, attempt: int, deadline: float) -> None:
+    ceiling = min(group.retry.backoff_max_s, group.retry.backoff_initial_s * 2**attempt)
+    delay = random.uniform(0, ceiling)
+    await asyncio.sleep(max(min(delay, deadline - time.monotonic()), 0))
+
+
+async def _wait_for_rate_limit(group: ModelGroup, deadline: float) -> Deployment | None:
+    """When every deployment is only rate limited, wait for the first Retry-After to pass."""
+    waiting = [
+        d for d in group.deployments if d.health.state == "closed" and d.health.rate_limited_until
+    ]
+    if not waiting:
+        return None
+    soonest = min(waiting, key=lambda d: d.health.rate_limited_until)
+    delay = soonest.health.rate_limited_until - time.monotonic()
+    if delay > deadline - time.monotonic():
+        return None
+    await asyncio.sleep(max(delay, 0))
+    return soonest if soonest.health.available() else None
