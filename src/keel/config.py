@@ -97,6 +97,11 @@ class DeploymentConfig(_Section):
             raise ValueError(f"unknown provider {value!r}; known providers: {', '.join(known)}")
         return value
 
+    @field_validator("model_path")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
     @property
     def upstream_model(self) -> str:
         return self.model or self.id
@@ -130,7 +135,7 @@ class RetryPolicy(_Section):
     max_attempts: int = Field(default=3, ge=1, le=20)
     backoff_initial_s: float = Field(default=0.1, ge=0)
     backoff_max_s: float = Field(default=4.0, ge=0)
-    deadline_s: float = Field(default=120.0, gt=0, description="Total time for one request.")
+    deadline_s: float = Field(default=600.0, gt=0, description="Total time for one request.")
     retry_on: list[RetryableFailure] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
 
 
@@ -215,10 +220,17 @@ class Settings(_Section):
             if deployment.id in deployments:
                 raise ValueError(f"deployment id {deployment.id!r} is declared twice")
             deployments.add(deployment.id)
+        kinds = {model.id: model.kind for model in self.models}
+        kinds.update({group.id: group.deployments[0].kind for group in self.groups})
         for group in self.groups:
             for target in group.all_fallbacks():
                 if target not in public:
                     raise ValueError(f"group {group.id!r}: fallback {target!r} is not a model id")
+                if kinds[target] != kinds[group.id]:
+                    raise ValueError(
+                        f"group {group.id!r}: fallback {target!r} serves {kinds[target]}, "
+                        f"not {kinds[group.id]}"
+                    )
         _check_no_fallback_cycle({group.id: group.all_fallbacks() for group in self.groups})
         return self
 
@@ -316,7 +328,7 @@ def _expand_env(value: Any, path: Path, location: tuple[str | int, ...]) -> Any:
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         found = os.environ.get(name)
-        if found is not None:
+        if found or (found is not None and default is None):
             return found
         if default is not None:
             return default

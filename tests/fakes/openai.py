@@ -8,8 +8,14 @@ script it with `fake.then(...)`: an `ErrorReply` (status + OpenAI error body, op
 retry-after), `Hang` (sleep past the client's timeout), `CutStream` (send k chunks then drop the
 connection), `StreamError` (send k chunks then an `{"error": ...}` event), `RawStream` (a 200
 event stream with exactly the given body), `Malformed` (a 200 whose body is not JSON), or `Reply`
-(exact content / tool calls / usage / extra message fields). Every request is recorded in
-`fake.requests`.
+(exact content / tool calls / usage / extra message fields), or `Reset` (start a response, then
+drop the connection before its body is complete). Every request is recorded in `fake.requests`.
+
+Several deployments can sit behind one fake, each under its own upstream model name; per model,
+`fake.faults[model] = ErrorReply(...)` (or any scripted reply) answers every request for that
+model until removed, and `fake.delays[model] = seconds` delays each of its answers. A model with a
+fault set does not consume the shared `then(...)` script. `fake.count(model)` counts the requests
+that reached the fake for a model.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class RecordedRequest:
     query: dict[str, str]
     headers: dict[str, str]
     body: dict[str, Any]
+    received_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -87,13 +94,49 @@ class Malformed:
     body: bytes = b"{not json"
 
 
-Scripted = Reply | ErrorReply | Hang | CutStream | StreamError | RawStream | Malformed
+@dataclass
+class Reset:
+    """Send the status line and headers (announcing a body), then drop the connection."""
+
+    sent_bytes: int = 0  # how much of the announced body goes out before the drop
+
+
+Scripted = Reply | ErrorReply | Hang | CutStream | StreamError | RawStream | Malformed | Reset
+
+
+class _DroppedConnection(Response):
+    """A raw ASGI response that promises a body and dies before delivering it: the server closes
+    the connection and the client sees a disconnect or an incomplete payload."""
+
+    def __init__(self, sent_bytes: int) -> None:
+        super().__init__()
+        self.sent_bytes = sent_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(self.sent_bytes + 1000).encode()),
+                ],
+            }
+        )
+        if self.sent_bytes:
+            await send(
+                {"type": "http.response.body", "body": b"{" * self.sent_bytes, "more_body": True}
+            )
+        raise ConnectionResetError("fake upstream reset the connection")
 
 
 @dataclass
 class FakeOpenAI:
     requests: list[RecordedRequest] = field(default_factory=list)
     script: deque[Scripted] = field(default_factory=deque)
+    # Persistent behaviour per upstream model name (the request body's `model`).
+    faults: dict[str, Scripted] = field(default_factory=dict)
+    delays: dict[str, float] = field(default_factory=dict)
 
     def then(self, *replies: Scripted) -> FakeOpenAI:
         self.script.extend(replies)
@@ -102,6 +145,14 @@ class FakeOpenAI:
     def reset(self) -> None:
         self.requests.clear()
         self.script.clear()
+        self.faults.clear()
+        self.delays.clear()
+
+    def count(self, model: str | None = None) -> int:
+        """Requests received for upstream `model` (all requests when None)."""
+        if model is None:
+            return len(self.requests)
+        return sum(1 for request in list(self.requests) if request.body.get("model") == model)
 
     @property
     def last(self) -> RecordedRequest:
@@ -142,10 +193,20 @@ class FakeOpenAI:
         )
         return body
 
-    async def _scripted(self, stream: bool) -> Response | Scripted | None:
-        if not self.script:
+    async def _scripted(self, body: dict[str, Any]) -> Response | Scripted | None:
+        model = body.get("model")
+        delay = self.delays.get(model) if isinstance(model, str) else None
+        if delay:
+            await asyncio.sleep(delay)
+        fault = self.faults.get(model) if isinstance(model, str) else None
+        if fault is not None:
+            scripted: Scripted = fault
+        elif self.script:
+            scripted = self.script.popleft()
+        else:
             return None
-        scripted = self.script.popleft()
+        if isinstance(scripted, Reset):
+            return _DroppedConnection(scripted.sent_bytes)
         if isinstance(scripted, ErrorReply):
             headers = {"retry-after": scripted.retry_after} if scripted.retry_after else {}
             error = {
@@ -167,7 +228,7 @@ class FakeOpenAI:
     async def _chat(self, request: Request) -> Response:
         body = await self._record(request)
         stream = bool(body.get("stream"))
-        scripted = await self._scripted(stream)
+        scripted = await self._scripted(body)
         if isinstance(scripted, Response):
             return scripted
         reply = scripted if isinstance(scripted, Reply) else None
@@ -211,7 +272,7 @@ class FakeOpenAI:
 
     async def _completions(self, request: Request) -> Response:
         body = await self._record(request)
-        scripted = await self._scripted(bool(body.get("stream")))
+        scripted = await self._scripted(body)
         if isinstance(scripted, Response):
             return scripted
         prompt = body.get("prompt", "")
@@ -255,7 +316,7 @@ class FakeOpenAI:
 
     async def _embeddings(self, request: Request) -> Response:
         body = await self._record(request)
-        scripted = await self._scripted(False)
+        scripted = await self._scripted(body)
         if isinstance(scripted, Response):
             return scripted
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]

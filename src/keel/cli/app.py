@@ -17,6 +17,7 @@ app.command("models")(client_commands.models)
 app.command("chat")(client_commands.chat)
 app.command("embed")(client_commands.embed)
 app.command("requests")(client_commands.requests)
+app.command("deployments")(client_commands.deployments)
 app.command("version")(client_commands.version)
 
 

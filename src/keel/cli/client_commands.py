@@ -14,7 +14,7 @@ from keel import __version__
 from keel.cli.output import console, fail
 from keel.sdk import Keel, KeelAPIError, KeelConnectionError
 
-__all__ = ["chat", "embed", "models", "requests", "version"]
+__all__ = ["chat", "deployments", "embed", "models", "requests", "version"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -120,6 +120,34 @@ def requests(
             f"{row['latency_ms']:.0f}",
             f"{row['prompt_tokens'] or 0}/{row['completion_tokens'] or 0}",
             "" if row["cost_usd"] is None else f"{row['cost_usd']:.6f}",
+        )
+    console.print(table)
+
+
+def deployments(
+    url: str | None = UrlOption,
+    api_key: str | None = KeyOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show every deployment's circuit state, latency and load."""
+    with _client(url, api_key) as client:
+        rows = client.deployments()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("deployment", "group", "provider", "state", "latency ms", "in flight", "ok/fail")
+    for row in rows:
+        state = row["state"]
+        if row["cooldown_remaining_s"]:
+            state += f" ({row['cooldown_remaining_s']:.1f}s)"
+        table.add_row(
+            row["id"],
+            row["group"],
+            row["provider"],
+            state,
+            "" if row["latency_ms"] is None else f"{row['latency_ms']:.1f}",
+            str(row["in_flight"]),
+            f"{row['successes']}/{row['failures']}",
         )
     console.print(table)
 

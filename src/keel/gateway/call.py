@@ -39,6 +39,8 @@ class Call:
     status_code: int = 200
     error: KeelError | None = None
     finished_at: float | None = None
+    # For streams, Keel's overhead is what it spent before the first byte; fixed then.
+    stream_overhead_ms: float | None = None
 
     @property
     def provider(self) -> Provider | None:
@@ -80,7 +82,7 @@ class Call:
             "created_at": self.created_at,
             "endpoint": self.endpoint,
             "model_requested": self.model_requested,
-            "provider": provider.name if provider else None,
+            "provider": provider.config.provider if provider else None,
             "deployment": provider.config.id if provider else None,
             "upstream_model": provider.upstream_model if provider else None,
             "stream": self.stream,
@@ -91,7 +93,11 @@ class Call:
             "ttft_ms": (
                 (self.first_token_at - self.started) * 1000 if self.first_token_at else None
             ),
-            "overhead_ms": self.overhead_ms(),
+            "overhead_ms": (
+                self.stream_overhead_ms
+                if self.stream_overhead_ms is not None
+                else self.overhead_ms()
+            ),
             "prompt_tokens": usage.prompt_tokens if usage else None,
             "completion_tokens": usage.completion_tokens if usage else None,
             "cached_tokens": usage.cached_tokens if usage else None,

@@ -20,6 +20,7 @@ from keel.gateway.call import CLIENT_CLOSED_REQUEST, Call
 from keel.gateway.legacy import chat_request_for, text_chunks, text_completion_for
 from keel.gateway.pricing import PriceTable, Usage
 from keel.gateway.sse import DONE, encode_error, encode_event
+from keel.routing import failure_kind
 from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class Gateway:
                     provider.check_chat_request(request)
                     return _first_chunk(provider.chat_stream(request))
 
-                opened = await self._attempt(call, group, open_stream)
+                opened = await self._attempt(call, group, open_stream, stream=True)
                 return self._stream_reply(call, opened, request.wants_usage_chunk())
 
             def complete(provider: Provider) -> Awaitable[dict[str, Any]]:
@@ -99,7 +100,7 @@ class Gateway:
                     provider.check_chat_request(chat_request)
                     return _first_chunk(text_chunks(provider.chat_stream(chat_request)))
 
-                opened = await self._attempt(call, group, open_stream)
+                opened = await self._attempt(call, group, open_stream, stream=True)
                 return self._stream_reply(call, opened, wants_usage)
 
             async def complete(provider: Provider) -> dict[str, Any]:
@@ -141,12 +142,18 @@ class Gateway:
         return group
 
     async def _attempt(
-        self, call: Call, group: ModelGroup, invoke: Callable[[Provider], Awaitable[T]]
+        self,
+        call: Call,
+        group: ModelGroup,
+        invoke: Callable[[Provider], Awaitable[T]],
+        *,
+        stream: bool = False,
     ) -> T:
-        """Call upstream through the router's retries and fallbacks, timing the upstream part."""
+        """Call upstream through the router's retries and fallbacks, timing the upstream part.
+        A stream keeps its deployment's in-flight slot until `_relay` ends it."""
         started = time.perf_counter()
         try:
-            return await self.router.execute(group, invoke, call.trace)
+            return await self.router.execute(group, invoke, call.trace, hold=stream)
         finally:
             call.upstream_s += time.perf_counter() - started
 
@@ -155,13 +162,13 @@ class Gateway:
         provider = call.provider
         if provider is None or call.usage is None:
             return
-        if provider.is_local:
-            call.cost_usd = 0.0
-            return
         if call.trace.deployment is not None:
             call.trace.deployment.health.used_tokens(
                 call.usage.prompt_tokens + call.usage.completion_tokens
             )
+        if provider.is_local:
+            call.cost_usd = 0.0
+            return
         price = self.prices.price_for(provider.config.id, provider.upstream_model)
         if price is not None:
             call.cost_usd = self.prices.cost(price, call.usage)
@@ -177,6 +184,7 @@ class Gateway:
         on a failure becomes an error event at the end of the stream."""
         first, rest = opened
         call.stream = True
+        call.stream_overhead_ms = call.overhead_ms()
         reply = Reply(headers=call.headers())
         reply.stream = self._relay(call, first, rest, include_usage)
         return reply
@@ -220,6 +228,7 @@ class Gateway:
         finally:
             if not completed and call.error is None:
                 call.status_code = CLIENT_CLOSED_REQUEST
+            self._end_stream(call)
             if usage is None and content_chunks:
                 # The stream stopped before the provider reported usage. Providers stream about
                 # one token per chunk, so the chunks relayed are the best count of what was paid.
@@ -230,6 +239,13 @@ class Gateway:
                 await close()
             self._account(call, usage)
             self.recorder.add(call.record())
+
+    def _end_stream(self, call: Call) -> None:
+        deployment = call.trace.deployment
+        if deployment is None:
+            return
+        failure = failure_kind(call.error) if call.error is not None else None
+        deployment.health.stream_ended(failure, probe=call.trace.probe)
 
     # -- recording -------------------------------------------------------------------------
 

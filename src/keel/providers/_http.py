@@ -49,7 +49,14 @@ _CONTEXT_WINDOW_HINTS = (
     "too many tokens",
     "input token count",
 )
-_CONTENT_POLICY_HINTS = ("content_policy", "content policy", "safety", "content_filter")
+_CONTENT_POLICY_HINTS = (
+    "content_policy",
+    "content policy",
+    "content management policy",
+    "safety",
+    "content_filter",
+)
+_CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +103,8 @@ def error_for_status(
     if status in (400, 422) and any(hint in lowered for hint in _CONTEXT_WINDOW_HINTS):
         return ContextWindowExceededError(message)
     if status in (400, 422):
-        code = "content_policy_violation" if _mentions_policy(lowered) else None
-        return InvalidRequestError(message, code=code)
+        refused = _mentions_policy(lowered) or _error_code(body) in _CONTENT_POLICY_CODES
+        return InvalidRequestError(message, code="content_policy_violation" if refused else None)
     if status in (401, 403):
         return UpstreamAuthError(
             f"{provider} refused the credentials configured in Keel (HTTP {status}): {detail}"
@@ -128,6 +135,12 @@ def credentials_in(headers: dict[str, str]) -> list[str]:
             if token:
                 found.append(token)
     return sorted((secret for secret in found if len(secret) >= 4), key=len, reverse=True)
+
+
+def _error_code(body: Any) -> str | None:
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _mentions_policy(text: str) -> bool:

@@ -9,7 +9,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from keel.errors import ConfigError, ContextWindowExceededError, InvalidRequestError
+from keel.errors import (
+    ConfigError,
+    ContextWindowExceededError,
+    InvalidRequestError,
+    UpstreamUnavailableError,
+)
 from keel.providers._bundled import bundled_chat_model_path
 from keel.providers._openai_format import usage, usage_chunk
 from keel.providers._worker import ModelWorker
@@ -80,6 +85,10 @@ class LlamaCppProvider(Provider):
     def _load(self) -> Llama:
         # Runs in the worker thread, so the first request after a lazy start waits in line too.
         if self._llama is None:
+            if not self._model_path.is_file():
+                raise UpstreamUnavailableError(
+                    f"model {self.config.id!r}: GGUF file not found: {self._model_path}"
+                )
             from llama_cpp import Llama
 
             self._llama = Llama(

@@ -7,7 +7,7 @@ The rules, in order of precedence:
   these count is `retry.retry_on`) is reported to the deployment's circuit breaker, then the next
   attempt goes to an untried deployment at once, or — when every deployment was tried — to a
   retry after exponential backoff with full jitter; a Retry-After is honoured by not calling that
-  deployment before it passes;
+  deployment before it passes; a deployment whose key was refused is never retried;
 - `retry.max_attempts` per group and `retry.deadline_s` for the whole request bound the work;
 - when the group is exhausted, its `fallbacks` are tried in order, each with its own retry policy;
 - if everything fails, the last error is raised (its class and status kept) with the list of
@@ -49,6 +49,7 @@ class AttemptTrace:
 
     tried: list[tuple[str, str]] = field(default_factory=list)  # (deployment id, outcome)
     deployment: Deployment | None = None
+    probe: bool = False  # the answering request was its deployment's half-open probe
 
     @property
     def attempts(self) -> int:
@@ -82,7 +83,11 @@ async def execute(
     invoke: Callable[[Provider], Awaitable[T]],
     resolve: Callable[[str], ModelGroup],
     trace: AttemptTrace,
+    *,
+    hold: bool = False,
 ) -> T:
+    """Run `invoke` on the group's deployments until one answers. With `hold`, the answering
+    deployment keeps the request counted in flight until `stream_ended` is reported."""
     deadline = time.monotonic() + group.retry.deadline_s
     queue = [group.id, *group.fallbacks]
     last_error: KeelError | None = None
@@ -90,12 +95,13 @@ async def execute(
         current = group if queue[0] == group.id else resolve(queue[0])
         queue.pop(0)
         try:
-            return await _run_group(current, invoke, trace, deadline)
+            return await _run_group(current, invoke, trace, deadline, hold)
         except _Redirect as redirect:
             last_error = redirect.error
             queue = [redirect.target]
         except _Exhausted as exhausted:
-            last_error = exhausted.error
+            # A group with nothing to offer must not hide the error that got us here.
+            last_error = exhausted.error or last_error
         if time.monotonic() >= deadline:
             break
     if last_error is None:
@@ -121,11 +127,13 @@ async def _run_group(
     invoke: Callable[[Provider], Awaitable[T]],
     trace: AttemptTrace,
     deadline: float,
+    hold: bool,
 ) -> T:
     tried: list[str] = []
+    refused_key: set[str] = set()  # the same key fails the same way: never retried
     last_error: KeelError | None = None
     for attempt in range(group.retry.max_attempts):
-        deployment = group.choose(tried)
+        deployment = group.choose(tried, exclude=refused_key)
         if deployment is None:
             deployment = await _wait_for_rate_limit(group, deadline)
             if deployment is None:
@@ -137,7 +145,7 @@ async def _run_group(
             break
         tried.append(deployment.id)
         trace.deployment = deployment
-        deployment.health.started()
+        probe = deployment.health.started()
         started = time.monotonic()
         try:
             async with asyncio.timeout(remaining):
@@ -146,27 +154,30 @@ async def _run_group(
             error: KeelError = UpstreamTimeoutError(
                 f"the request deadline of {group.retry.deadline_s:g}s passed"
             )
-            deployment.health.failed("deadline")
+            deployment.health.failed("deadline", probe=probe)
             trace.tried.append((deployment.id, "deadline"))
             raise _Exhausted(error) from None
         except KeelError as exc:
             kind = failure_kind(exc)
             trace.tried.append((deployment.id, kind or f"HTTP {exc.status_code}"))
             if kind is None:
-                deployment.health.released()
+                deployment.health.released(probe=probe)
                 target = _special_fallback(group, exc)
                 if target is not None:
                     raise _Redirect(target, exc) from None
                 raise
-            deployment.health.failed(kind, retry_after_s=_retry_after(exc))
+            deployment.health.failed(kind, retry_after_s=_retry_after(exc), probe=probe)
+            if kind == "auth":
+                refused_key.add(deployment.id)
             last_error = exc
             if kind not in group.retry.retry_on:
                 raise _Exhausted(exc) from None
             continue
         except BaseException:
-            deployment.health.released()
+            deployment.health.released(probe=probe)
             raise
-        deployment.health.succeeded(time.monotonic() - started)
+        deployment.health.succeeded(time.monotonic() - started, probe=probe, release=not hold)
+        trace.probe = probe
         trace.tried.append((deployment.id, "ok"))
         return result
     raise _Exhausted(last_error)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from keel.config import CircuitPolicy, RetryPolicy, Strategy
@@ -52,13 +52,13 @@ class ModelGroup:
     def first_provider(self) -> Provider:
         return self.deployments[0].provider
 
-    def choose(self, tried: Sequence[str]) -> Deployment | None:
+    def choose(self, tried: Sequence[str], exclude: Collection[str] = ()) -> Deployment | None:
         """The deployment for the next attempt, or None when none can take it.
 
         Untried, healthy, unsaturated deployments come first; then healthy ones that are
         saturated or were already tried (a retry); an open circuit is never chosen.
         """
-        healthy = [d for d in self.deployments if d.health.available()]
+        healthy = [d for d in self.deployments if d.id not in exclude and d.health.available()]
         for pool in (
             [d for d in healthy if d.id not in tried and not d.health.saturated()],
             [d for d in healthy if d.id not in tried],

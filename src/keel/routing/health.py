@@ -64,14 +64,24 @@ class DeploymentHealth:
 
     # -- reporting -------------------------------------------------------------------------
 
-    def started(self) -> None:
+    def started(self) -> bool:
+        """Count a request in; True when it is the half-open circuit's one probe.
+
+        The caller hands that flag back when the request ends, so only the probe itself can
+        free the probe slot (an older request finishing meanwhile must not).
+        """
         self.in_flight += 1
         self._requests.append(self.clock())
-        if self.state == "half_open":
+        if self.state == "half_open" and not self.probe_in_flight:
             self.probe_in_flight = True
+            return True
+        return False
 
-    def succeeded(self, latency_s: float) -> None:
-        self.in_flight -= 1
+    def succeeded(self, latency_s: float, *, probe: bool = False, release: bool = True) -> None:
+        """The deployment answered. `release=False` keeps the request counted in flight (a
+        stream still being relayed); `stream_ended` releases it."""
+        if release:
+            self.in_flight -= 1
         self.successes += 1
         if self.latency_s is None:
             self.latency_s = latency_s
@@ -80,9 +90,12 @@ class DeploymentHealth:
         if self.state != "closed":
             self.state = "closed"
             self._failures.clear()
-        self.probe_in_flight = False
+        if probe:
+            self.probe_in_flight = False
 
-    def failed(self, reason: str, *, retry_after_s: float | None = None) -> None:
+    def failed(
+        self, reason: str, *, retry_after_s: float | None = None, probe: bool = False
+    ) -> None:
         """A failure of the deployment (not of the request). Opens the circuit when due."""
         self.in_flight -= 1
         self.failures_total += 1
@@ -93,16 +106,25 @@ class DeploymentHealth:
         self._failures.append(now)
         while self._failures and self._failures[0] < now - self.circuit.window_s:
             self._failures.popleft()
-        if self.state == "half_open" or len(self._failures) >= self.circuit.failure_threshold:
+        if probe or len(self._failures) >= self.circuit.failure_threshold:
             self.state = "open"
             self.opened_at = now
             self.cooldown_until = max(self.cooldown_until, now + self.circuit.cooldown_s)
-        self.probe_in_flight = False
+        if probe:
+            self.probe_in_flight = False
 
-    def released(self) -> None:
+    def released(self, *, probe: bool = False) -> None:
         """The request ended without telling anything about the deployment's health."""
         self.in_flight -= 1
-        self.probe_in_flight = False
+        if probe:
+            self.probe_in_flight = False
+
+    def stream_ended(self, failure: str | None, *, probe: bool = False) -> None:
+        """A stream held by `succeeded(release=False)` finished, cleanly or not."""
+        if failure is None:
+            self.released(probe=probe)
+        else:
+            self.failed(failure, probe=probe)
 
     def used_tokens(self, tokens: int) -> None:
         if self.tpm is not None and tokens:

@@ -61,6 +61,12 @@ def check_deployments(settings: Settings) -> None:
                 raise ConfigError(
                     f"{source}: {location}.{field}: required by provider {deployment.provider!r}"
                 )
+        try:
+            # Constructing a provider touches no network; it validates provider-specific
+            # options, so a mistake there also stops start-up before a socket is bound.
+            provider_class(deployment, None)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {location}: {exc.message}") from None
 
 
 def build_router(
@@ -140,9 +146,14 @@ class Router:
         return group
 
     async def execute(
-        self, group: ModelGroup, invoke: Callable[[Provider], Awaitable[T]], trace: AttemptTrace
+        self,
+        group: ModelGroup,
+        invoke: Callable[[Provider], Awaitable[T]],
+        trace: AttemptTrace,
+        *,
+        hold: bool = False,
     ) -> T:
-        return await execute(group, invoke, self.group, trace)
+        return await execute(group, invoke, self.group, trace, hold=hold)
 
     def describe(self, model: str) -> dict[str, Any]:
         return self._card(self.group(model))
@@ -155,7 +166,7 @@ class Router:
             {
                 "id": deployment.id,
                 "group": group.id,
-                "provider": deployment.provider.name,
+                "provider": deployment.provider.config.provider,
                 "upstream_model": deployment.provider.upstream_model,
                 "weight": deployment.weight,
                 "tier": deployment.tier,
@@ -167,7 +178,7 @@ class Router:
         ]
 
     def _card(self, group: ModelGroup) -> dict[str, Any]:
-        owners = {deployment.provider.name for deployment in group.deployments}
+        owners = {deployment.provider.config.provider for deployment in group.deployments}
         return {
             "id": group.id,
             "object": "model",

@@ -102,6 +102,11 @@ class Keel:
     def ready(self) -> dict[str, Any]:
         return self._request("GET", "/readyz", allow_status=(503,))
 
+    def deployments(self) -> list[dict[str, Any]]:
+        """Each deployment's group, circuit state, latency and load, as this server sees them."""
+        data: list[dict[str, Any]] = self._request("GET", "/v1/keel/deployments")["data"]
+        return data
+
     def requests(self, *, limit: int = 50, model: str | None = None) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if model:

@@ -1,8 +1,9 @@
-"""Operating Keel: liveness, readiness, and the request records."""
+"""Operating Keel: liveness, readiness, deployment health, and the request records."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
@@ -42,6 +43,12 @@ async def readyz(keel: Services = Depends(services)) -> JSONResponse:
     )
 
 
+@router.get("/v1/keel/deployments")
+async def list_deployments(keel: Services = Depends(services)) -> dict[str, Any]:
+    """Every deployment with its group, circuit state, latency, load and capacity."""
+    return {"object": "list", "data": keel.router.deployments()}
+
+
 @router.get("/v1/keel/requests")
 async def list_requests(
     keel: Services = Depends(services),
@@ -62,5 +69,7 @@ async def get_request(request_id: str, keel: Services = Depends(services)) -> di
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
-    row["created_at"] = row["created_at"].isoformat()
+    created = row["created_at"]
+    # SQLite keeps no offset; every record is written in UTC.
+    row["created_at"] = (created if created.tzinfo else created.replace(tzinfo=UTC)).isoformat()
     return row
