@@ -1,7 +1,8 @@
 """Keel's configuration: one validated `Settings`, built from a YAML file and KEEL_* variables.
 
 Precedence, lowest first: built-in defaults < the YAML file (`--config` or KEEL_CONFIG) <
-environment variables (KEEL_HOME, KEEL_DATABASE_URL, KEEL_HOST, KEEL_PORT, KEEL_LOG_LEVEL) <
+environment variables (KEEL_HOME, KEEL_DATABASE_URL, KEEL_REDIS_URL, KEEL_HOST, KEEL_PORT,
+KEEL_LOG_LEVEL) <
 command-line flags. This is the only module that reads the environment.
 """
 
@@ -158,6 +159,36 @@ class RoutingConfig(_Section):
 Strategy = Literal["weighted", "least_inflight", "lowest_latency", "lowest_cost", "priority"]
 
 
+class SemanticCacheConfig(_Section):
+    """Answer a prompt close in meaning to one already answered (off by default)."""
+
+    enabled: bool = False
+    threshold: float = Field(default=0.95, gt=0, le=1, description="Cosine similarity.")
+    embedding_model: str = Field(default="all-minilm-l6-v2", description="An embedding model id.")
+    max_entries_per_scope: int = Field(default=10_000, ge=1)
+
+
+class CacheConfig(_Section):
+    """The response cache: in-process first, then Redis (with `redis_url`) or a SQLite file."""
+
+    enabled: bool = True
+    max_entries: int = Field(default=10_000, ge=1, description="In-process entries.")
+    default_ttl_s: int = Field(default=3600, ge=1)
+    persistent: bool = Field(default=True, description="Keep a SQLite tier under home.")
+    second_tier_max_entries: int = Field(default=100_000, ge=1)
+    semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
+
+
+class GroupCacheConfig(_Section):
+    """How one model group uses the response cache."""
+
+    enabled: bool = True
+    always: bool = Field(default=False, description="Cache every request, not only temperature 0.")
+    ttl_s: int | None = Field(default=None, ge=1)
+    semantic: bool | None = Field(default=None, description="None follows cache.semantic.enabled.")
+    semantic_threshold: float | None = Field(default=None, gt=0, le=1)
+
+
 class ModelGroupConfig(_Section):
     """One public model id served by several deployments."""
 
@@ -169,6 +200,7 @@ class ModelGroupConfig(_Section):
     content_policy_fallback: str | None = None
     retry: RetryPolicy | None = None
     circuit: CircuitPolicy | None = None
+    cache: GroupCacheConfig = Field(default_factory=GroupCacheConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -200,11 +232,13 @@ class ModelGroupConfig(_Section):
 class Settings(_Section):
     home: Path = DEFAULT_HOME
     database_url: str | None = None
+    redis_url: str | None = Field(default=None, description="Shared state across replicas.")
     server: ServerConfig = Field(default_factory=ServerConfig)
     local_models: LocalModelsConfig = Field(default_factory=LocalModelsConfig)
     models: list[DeploymentConfig] = Field(default_factory=list)
     groups: list[ModelGroupConfig] = Field(default_factory=list)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     config_file: Path | None = None
 
@@ -269,6 +303,7 @@ class _Environment(BaseSettings):
     home: Path | None = None
     config: Path | None = None
     database_url: str | None = None
+    redis_url: str | None = None
     host: str | None = None
     port: int | None = None
     log_level: str | None = None
@@ -281,7 +316,11 @@ def load_settings(
     env = _Environment()
     path = config_file or env.config
     raw: dict[str, Any] = _read_yaml(path) if path else {}
-    for key, value in (("home", env.home), ("database_url", env.database_url)):
+    for key, value in (
+        ("home", env.home),
+        ("database_url", env.database_url),
+        ("redis_url", env.redis_url),
+    ):
         if value is not None:
             raw[key] = str(value)
     given = {"host": host or env.host, "port": port or env.port, "log_level": env.log_level}

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from keel.errors import InvalidRequestError
-
-if TYPE_CHECKING:
-    from keel.gateway.schemas import ChatCompletionRequest
+from keel.schemas import ChatCompletionRequest
 
 __all__ = ["CONTROL_HEADER", "MAX_TTL_S", "CacheControl", "cache_control", "is_cacheable"]
 

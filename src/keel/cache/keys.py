@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    # Imported for types only: the gateway package imports this one at start-up.
-    from keel.gateway.schemas import ChatCompletionRequest
+from keel.schemas import ChatCompletionRequest
 
 __all__ = ["CONTROL_FIELD", "SemanticPrompt", "cache_key", "semantic_prompt", "take_cache_field"]
 
@@ -38,8 +36,10 @@ def _canonical(value: Any) -> bytes:
 
 
 def _output_params(request: ChatCompletionRequest) -> dict[str, Any]:
-    params = request.model_dump(
-        exclude_unset=True, exclude_none=True, by_alias=True, exclude=set(_EXCLUDED)
+    # Only the top-level fields the client set, but each in full: nested defaults (a tool's
+    # `type: function`) must read the same whether spelled out or not.
+    params: dict[str, Any] = request.model_dump(
+        include=request.model_fields_set - _EXCLUDED, exclude_none=True, by_alias=True
     )
     if params.get("n") == 1:
         # n=1 is the default everywhere; spelling it out must not split the entry.

@@ -58,7 +58,8 @@ _last_warning: dict[str, float] = {}
 
 
 def warn_tier_failure(tier: str, action: str, exc: BaseException) -> None:
-    # A tier that is down fails on every request; one line a minute says so without flooding.
+    # A tier (or the embedding model) that is down fails on every request; one line a minute
+    # per tier says so without flooding the log.
     now = time.monotonic()
     if now - _last_warning.get(tier, -3600.0) >= 60.0:
         _last_warning[tier] = now

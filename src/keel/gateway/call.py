@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from keel.gateway.pricing import Usage
 from keel.routing import AttemptTrace
 
 if TYPE_CHECKING:
+    from keel.gateway.caching import CachePlan
     from keel.providers import Provider
 
 __all__ = ["CLIENT_CLOSED_REQUEST", "Call"]
@@ -41,6 +43,9 @@ class Call:
     finished_at: float | None = None
     # For streams, Keel's overhead is what it spent before the first byte; fixed then.
     stream_overhead_ms: float | None = None
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+    cache_plan: CachePlan | None = None
+    cache_status: str | None = None  # "hit" or "miss" for cacheable requests
 
     @property
     def provider(self) -> Provider | None:
@@ -62,7 +67,9 @@ class Call:
 
     def headers(self) -> dict[str, str]:
         headers = {"x-keel-request-id": self.request_id}
-        if self.provider is not None:
+        if self.cache_status is not None:
+            headers["x-keel-cache"] = self.cache_status
+        if self.provider is not None and self.cache_status != "hit":
             headers["x-keel-deployment"] = self.provider.config.id
             headers["x-keel-attempts"] = str(self.trace.attempts)
         if not self.stream:
@@ -105,4 +112,5 @@ class Call:
             "cost_usd": self.cost_usd,
             "caller": self.caller,
             "attempts": self.trace.attempts,
+            "cache": self.cache_status,
         }

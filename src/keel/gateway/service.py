@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from keel.cache import assemble, replay
 from keel.errors import InvalidRequestError, KeelError, UpstreamBadResponseError
+from keel.gateway.caching import ResponseCaching
 from keel.gateway.call import CLIENT_CLOSED_REQUEST, Call
 from keel.gateway.legacy import chat_request_for, text_chunks, text_completion_for
 from keel.gateway.pricing import PriceTable, Usage
@@ -59,17 +61,26 @@ class Gateway:
         recorder: RequestRecorder,
         prices: PriceTable,
         policies: Sequence[Policy] = (),
+        caching: ResponseCaching | None = None,
     ) -> None:
         self.router = router
         self.recorder = recorder
         self.prices = prices
         self.policies = list(policies)
+        self.caching = caching or ResponseCaching(None)
 
     async def chat_completions(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
             request = await self._parse(ChatCompletionRequest, body, call)
+            cache_control = self.caching.control(request, call.request_headers)
             await self._apply_policies(call, request)
             group = self._route(call, request.model, "chat")
+            call.cache_plan = self.caching.plan(group, request, cache_control, call.caller)
+            if call.cache_plan is not None:
+                cached = await self.caching.lookup(call.cache_plan)
+                call.cache_status = "miss" if cached is None else "hit"
+                if cached is not None:
+                    return await self._serve_cached(call, cached, request)
             if request.stream:
 
                 def open_stream(provider: Provider) -> Awaitable[Opened]:
@@ -83,7 +94,9 @@ class Gateway:
                 provider.check_chat_request(request)
                 return provider.chat(request)
 
-            return self._respond(call, await self._attempt(call, group, complete))
+            response = await self._attempt(call, group, complete)
+            self.caching.store(call.cache_plan, response)
+            return self._respond(call, response)
 
     async def completions(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
@@ -159,6 +172,9 @@ class Gateway:
 
     def _account(self, call: Call, usage: dict[str, Any] | None) -> None:
         call.usage = Usage.from_openai(usage)
+        if call.cache_status == "hit":
+            call.cost_usd = 0.0
+            return
         provider = call.provider
         if provider is None or call.usage is None:
             return
@@ -176,6 +192,16 @@ class Gateway:
     def _respond(self, call: Call, response: dict[str, Any]) -> Reply:
         self._account(call, response.get("usage"))
         return Reply(headers=call.headers(), body=response)
+
+    async def _serve_cached(
+        self, call: Call, cached: dict[str, Any], request: ChatCompletionRequest
+    ) -> Reply:
+        """A cache hit: no provider was called, so nothing is paid."""
+        if request.stream:
+            opened = await _first_chunk(_iterate(replay(cached)))
+            return self._stream_reply(call, opened, request.wants_usage_chunk())
+        reply = self._respond(call, cached)
+        return reply
 
     # -- streaming -------------------------------------------------------------------------
 
@@ -199,9 +225,13 @@ class Gateway:
         usage: dict[str, Any] | None = None
         content_chunks = 0
         completed = False
+        storing = call.cache_plan is not None and call.cache_status != "hit"
+        relayed: list[dict[str, Any]] = []
         try:
             chunk: dict[str, Any] | None = first
             while chunk is not None:
+                if storing:
+                    relayed.append(dict(chunk))
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                     if not include_usage:
@@ -216,6 +246,8 @@ class Gateway:
                     yield encode_event(chunk)
                 chunk = await anext(rest, None)
             completed = True
+            if storing:
+                self.caching.store(call.cache_plan, assemble(relayed))
             yield DONE
         except KeelError as exc:
             call.fail(exc)
@@ -264,6 +296,11 @@ class Gateway:
             raise
         if not call.stream:
             self.recorder.add(call.record())
+
+
+async def _iterate(chunks: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for chunk in chunks:
+        yield chunk
 
 
 async def _first_chunk(chunks: AsyncIterator[dict[str, Any]]) -> Opened:

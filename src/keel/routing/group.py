@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from keel.config import CircuitPolicy, RetryPolicy, Strategy
+from keel.config import CircuitPolicy, GroupCacheConfig, RetryPolicy, Strategy
 from keel.providers import Provider
 from keel.routing.health import DeploymentHealth
 
@@ -42,6 +42,7 @@ class ModelGroup:
     fallbacks: list[str]
     context_window_fallback: str | None = None
     content_policy_fallback: str | None = None
+    cache: GroupCacheConfig = field(default_factory=GroupCacheConfig)
     random: Callable[[], float] = random.random
 
     @property

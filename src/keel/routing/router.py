@@ -105,6 +105,7 @@ def build_router(
             fallbacks=list(config.fallbacks),
             context_window_fallback=config.context_window_fallback,
             content_policy_fallback=config.content_policy_fallback,
+            cache=config.cache,
         )
     return Router(groups)
 
@@ -119,6 +120,9 @@ class Router:
         for group in self._groups.values():
             for deployment in group.deployments:
                 yield deployment.provider
+
+    def groups(self) -> list[ModelGroup]:
+        return list(self._groups.values())
 
     def group(self, model: str) -> ModelGroup:
         group = self._groups.get(model)

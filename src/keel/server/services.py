@@ -11,8 +11,11 @@ from dataclasses import dataclass
 import aiohttp
 from fastapi import Request
 
+from keel.cache import Caches, build_cache, provider_embedder
 from keel.config import Settings
+from keel.errors import ConfigError
 from keel.gateway import Gateway, PriceTable
+from keel.gateway.caching import ResponseCaching
 from keel.routing import Router, build_router
 from keel.store import Database, RequestRecorder
 
@@ -56,7 +59,10 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     )
     prices = PriceTable(settings.prices)
     router = build_router(settings, http, prices)
-    gateway = Gateway(router, recorder, prices)
+    caching = ResponseCaching(
+        _build_caches(settings, router), semantic_default=settings.cache.semantic.enabled
+    )
+    gateway = Gateway(router, recorder, prices, caching=caching)
     running = Services(settings, database, recorder, router, gateway, http)
     if settings.local_models.preload:
         running.warmup = asyncio.create_task(_warm_up(router))
@@ -65,11 +71,40 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     finally:
         if running.warmup is not None and not running.warmup.done():
             running.warmup.cancel()
+        await caching.close()
         await recorder.stop()
         for provider in router.providers:
             await provider.aclose()
         await http.close()
         database.dispose()
+
+
+def _build_caches(settings: Settings, router: Router) -> Caches | None:
+    config = settings.cache
+    if not config.enabled:
+        return None
+    embed = None
+    wants_semantic = config.semantic.enabled or any(
+        group.cache.semantic for group in router.groups()
+    )
+    if wants_semantic:
+        model = config.semantic.embedding_model
+        provider = router.group(model).first_provider
+        if not provider.supports_embeddings:
+            raise ConfigError(
+                f"cache.semantic.embedding_model: {model!r} is not an embedding model"
+            )
+        embed = provider_embedder(provider, model)
+    return build_cache(
+        redis_url=settings.redis_url,
+        sqlite_path=settings.home_dir / "cache.sqlite3" if config.persistent else None,
+        max_entries=config.max_entries,
+        default_ttl_s=config.default_ttl_s,
+        second_tier_max_entries=config.second_tier_max_entries,
+        embed=embed,
+        semantic_threshold=config.semantic.threshold,
+        semantic_max_entries=config.semantic.max_entries_per_scope,
+    )
 
 
 async def _warm_up(router: Router) -> None:

@@ -34,7 +34,7 @@ def _body_doc(schema: Any) -> dict[str, Any]:
 
 
 async def _serve(request: Request, keel: Services, endpoint: str, handler: Handler) -> Response:
-    call = Call(endpoint=endpoint)
+    call = Call(endpoint=endpoint, request_headers=request.headers)
     limit = keel.settings.server.max_request_body_bytes
     try:
         reply = await handler(lambda: read_body(request, limit), call)

@@ -1,0 +1,208 @@
+"""The response cache through the gateway: hits, streams, control, replicas, semantic."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from keel.config import Settings
+from tests.conftest import flushed_records, running_app
+from tests.fakes.openai import FakeOpenAI
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def settings_for(home: Path, api_base: str, **extra: Any) -> Settings:
+    return Settings.model_validate(
+        {
+            "home": str(home),
+            "local_models": {"chat": False, "embeddings": False},
+            "models": [
+                {"id": "gpt", "provider": "openai", "model": "gpt-4o-mini", "api_base": api_base}
+            ],
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+async def keel(
+    keel_home: Path, fake_openai_url: str
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async with running_app(settings_for(keel_home, fake_openai_url)) as running:
+        yield running
+
+
+def ask(question: str | None = None, **params: Any) -> dict[str, Any]:
+    content = question or f"question {uuid.uuid4().hex}"
+    return {"model": "gpt", "messages": [{"role": "user", "content": content}], **params}
+
+
+def sse_chunks(text: str) -> list[dict[str, Any]]:
+    events = [line[6:] for line in text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(event) for event in events[:-1]]
+
+
+async def test_temperature_zero_is_served_from_cache_the_second_time(
+    keel: tuple[FastAPI, httpx.AsyncClient], fake_openai: FakeOpenAI
+) -> None:
+    app, client = keel
+    body = ask(temperature=0)
+    first = await client.post("/v1/chat/completions", json=body)
+    await app.state.keel.gateway.caching.flush()
+    second = await client.post("/v1/chat/completions", json=body)
+    assert first.headers["x-keel-cache"] == "miss"
+    assert second.headers["x-keel-cache"] == "hit"
+    assert second.json()["choices"] == first.json()["choices"]
+    assert second.headers["x-keel-cost-usd"] == "0.00000000"
+    assert "x-keel-deployment" not in second.headers
+    assert len(fake_openai.requests) == 1
+    records = sorted(await flushed_records(app), key=lambda r: r["cache"])
+    assert [(r["cache"], r["attempts"], r["cost_usd"] > 0) for r in records] == [
+        ("hit", 0, False),
+        ("miss", 1, True),
+    ]
+
+
+async def test_requests_that_are_not_deterministic_are_not_cached(
+    keel: tuple[FastAPI, httpx.AsyncClient], fake_openai: FakeOpenAI
+) -> None:
+    _, client = keel
+    body = ask(temperature=0.7)
+    for _ in range(2):
+        response = await client.post("/v1/chat/completions", json=body)
+        assert "x-keel-cache" not in response.headers
+    assert len(fake_openai.requests) == 2
+
+
+async def test_cache_control_in_body_and_header(
+    keel: tuple[FastAPI, httpx.AsyncClient], fake_openai: FakeOpenAI
+) -> None:
+    app, client = keel
+    body = ask(cache={"ttl": 60})  # opting in with a ttl caches even without temperature 0
+    await client.post("/v1/chat/completions", json=body)
+    assert "cache" not in fake_openai.last.body  # Keel's field never reaches the provider
+    await app.state.keel.gateway.caching.flush()
+    hit = await client.post("/v1/chat/completions", json=body)
+    assert hit.headers["x-keel-cache"] == "hit"
+    bypass = await client.post(
+        "/v1/chat/completions", json=body, headers={"x-keel-cache": "no-cache"}
+    )
+    assert bypass.headers["x-keel-cache"] == "miss"
+    assert len(fake_openai.requests) == 2
+
+    unstored = ask(temperature=0, cache={"no_store": True})
+    await client.post("/v1/chat/completions", json=unstored)
+    await app.state.keel.gateway.caching.flush()
+    again = await client.post("/v1/chat/completions", json=unstored)
+    assert again.headers["x-keel-cache"] == "miss"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (ask(cache={"ttl": -1}), {}),
+        (ask(cache={"ttl": "soon"}), {}),
+        (ask(cache="yes"), {}),
+        (ask(cache={"no_cache": True, "sometimes": 1}), {}),
+        (ask(), {"x-keel-cache": "ttl=abc"}),
+    ],
+)
+async def test_bad_cache_control_is_a_400_naming_the_field(
+    keel: tuple[FastAPI, httpx.AsyncClient],
+    fake_openai: FakeOpenAI,
+    body: dict[str, Any],
+    headers: dict[str, str],
+) -> None:
+    _, client = keel
+    response = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "cache"
+    assert fake_openai.requests == []
+
+
+async def test_streams_are_stored_and_replayed_as_streams(
+    keel: tuple[FastAPI, httpx.AsyncClient], fake_openai: FakeOpenAI
+) -> None:
+    app, client = keel
+    body = ask(temperature=0, stream=True, stream_options={"include_usage": True})
+    first = await client.post("/v1/chat/completions", json=body)
+    await app.state.keel.gateway.caching.flush()
+    second = await client.post("/v1/chat/completions", json=body)
+    assert second.headers["x-keel-cache"] == "hit"
+
+    def text(chunks: list[dict[str, Any]]) -> str:
+        return "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+        )
+
+    assert text(sse_chunks(second.text)) == text(sse_chunks(first.text))
+    assert sse_chunks(second.text)[-1]["usage"]["completion_tokens"] > 0
+    # The same request without streaming is a hit too: the stream was stored as a completion.
+    plain = await client.post("/v1/chat/completions", json={**body, "stream": False})
+    assert plain.headers["x-keel-cache"] == "hit"
+    assert plain.json()["choices"][0]["message"]["content"] == text(sse_chunks(first.text))
+    assert len(fake_openai.requests) == 1
+
+
+async def test_replicas_share_the_cache_through_redis(
+    tmp_path: Path, fake_openai: FakeOpenAI, fake_openai_url: str
+) -> None:
+    body = ask(temperature=0)
+    first_settings = settings_for(tmp_path / "a", fake_openai_url, redis_url=REDIS_URL)
+    second_settings = settings_for(tmp_path / "b", fake_openai_url, redis_url=REDIS_URL)
+    async with (
+        running_app(first_settings) as (app_a, client_a),
+        running_app(second_settings) as (_, client_b),
+    ):
+        assert (await client_a.post("/v1/chat/completions", json=body)).status_code == 200
+        await app_a.state.keel.gateway.caching.flush()
+        served = await client_b.post("/v1/chat/completions", json=body)
+    assert served.headers["x-keel-cache"] == "hit"
+    assert len(fake_openai.requests) == 1
+
+
+async def test_semantic_cache_answers_a_paraphrase(
+    keel_home: Path, fake_openai: FakeOpenAI, fake_openai_url: str
+) -> None:
+    settings = Settings.model_validate(
+        {
+            "home": str(keel_home),
+            "local_models": {"chat": False, "embeddings": True},
+            "groups": [
+                {
+                    "id": "gpt",
+                    "deployments": [
+                        {"provider": "openai", "model": "gpt-4o-mini", "api_base": fake_openai_url}
+                    ],
+                    "cache": {"semantic": True, "semantic_threshold": 0.85},
+                }
+            ],
+        }
+    )
+    async with running_app(settings) as (app, client):
+        topic = uuid.uuid4().hex[:6]
+        await client.post(
+            "/v1/chat/completions",
+            json=ask(f"What is the capital city of France? ({topic})", temperature=0),
+        )
+        await app.state.keel.gateway.caching.flush()
+        paraphrase = await client.post(
+            "/v1/chat/completions",
+            json=ask(f"what's the capital of France ({topic})", temperature=0),
+        )
+        unrelated = await client.post(
+            "/v1/chat/completions",
+            json=ask(f"How do I bake sourdough bread? ({topic})", temperature=0),
+        )
+    assert paraphrase.headers["x-keel-cache"] == "hit"
+    assert unrelated.headers["x-keel-cache"] == "miss"
+    assert len(fake_openai.requests) == 2
