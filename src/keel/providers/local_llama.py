@@ -13,6 +13,7 @@ from keel.errors import (
     ConfigError,
     ContextWindowExceededError,
     InvalidRequestError,
+    UnsupportedParameterError,
     UpstreamUnavailableError,
 )
 from keel.providers._bundled import bundled_chat_model_path
@@ -166,6 +167,7 @@ class LlamaCppProvider(Provider):
         return arguments
 
     async def complete(self, request: CompletionRequest) -> dict[str, Any]:
+        _one_choice(request)
         arguments = self._completion_arguments(request)
         prompts = request.prompts()
 
@@ -200,6 +202,7 @@ class LlamaCppProvider(Provider):
         }
 
     def complete_stream(self, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        _one_choice(request)
         prompts = request.prompts()
         if len(prompts) != 1:
             raise InvalidRequestError("streaming takes a single prompt", param="prompt")
@@ -217,14 +220,19 @@ class LlamaCppProvider(Provider):
         def produce() -> Iterator[dict[str, Any]]:
             llama = self._load()
             try:
+                cut_by_length = False
                 for chunk in start(llama):
                     if _carries_token(chunk):
                         counts["completion"] += 1
+                    if any(c.get("finish_reason") == "length" for c in chunk["choices"]):
+                        cut_by_length = True
                     yield chunk
             except ValueError as exc:
                 raise _context_error(model_id, exc) from exc
-            # Context tokens after the run = prompt + generated; llama.cpp reports no split.
-            counts["prompt"] = max(llama.n_tokens - counts["completion"], 0)
+            # llama.cpp reports no split, but the context holds the prompt and every generated
+            # token it evaluated: all of them, except the last when the limit stopped it.
+            evaluated = counts["completion"] - (1 if cut_by_length else 0)
+            counts["prompt"] = max(llama.n_tokens - evaluated, 0)
 
         async for chunk in self._worker.stream(produce):
             chunk["model"] = model_id
@@ -240,6 +248,15 @@ class LlamaCppProvider(Provider):
 
     async def aclose(self) -> None:
         self._worker.shutdown()
+
+
+def _one_choice(request: CompletionRequest) -> None:
+    if request.n is not None and request.n > 1:
+        raise UnsupportedParameterError(
+            f"model {request.model!r} generates one choice per prompt; n={request.n} is not "
+            "supported",
+            param="n",
+        )
 
 
 def _carries_token(chunk: dict[str, Any]) -> bool:
