@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -279,7 +279,8 @@ Response = tuple[int, str | None, bytes]  # status, x-keel-overhead-ms, body
 class Client:
     """One connection pool per target, sized to the concurrency."""
 
-    post: Callable[[str, bytes], Awaitable[Response]]
+    async def post(self, url: str, body: bytes) -> Response:
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         raise NotImplementedError
@@ -294,9 +295,8 @@ class AiohttpClient(Client):
             timeout=aiohttp.ClientTimeout(total=60),
             auto_decompress=False,
         )
-        self.post = self._post
 
-    async def _post(self, url: str, body: bytes) -> Response:
+    async def post(self, url: str, body: bytes) -> Response:
         async with self._session.post(url, data=body, headers=REQUEST_HEADERS) as response:
             data = await response.read()
             return response.status, response.headers.get("x-keel-overhead-ms"), data
@@ -314,9 +314,8 @@ class HttpxClient(Client):
             timeout=60,
             trust_env=False,
         )
-        self.post = self._post
 
-    async def _post(self, url: str, body: bytes) -> Response:
+    async def post(self, url: str, body: bytes) -> Response:
         response = await self._client.post(url, content=body, headers=REQUEST_HEADERS)
         return response.status_code, response.headers.get("x-keel-overhead-ms"), response.content
 

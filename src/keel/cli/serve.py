@@ -23,7 +23,7 @@ def serve(
     """Start the Keel server."""
     try:
         settings = load_settings(config, host=host, port=port)
-        app = create_app(settings)
+        app = create_app(settings, own_process=True)
     except ConfigError as exc:
         fail(str(exc))
     server = settings.server

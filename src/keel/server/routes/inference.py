@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,17 +11,18 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
 from keel.errors import KeelError
-from keel.gateway import BodySource, Call, Reply
+from keel.gateway import BodySource, Call, Gateway, Reply
 from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keel.server.body import read_body
 from keel.server.errors import error_response
 from keel.server.services import Services, services
+from keel.server.timing import ARRIVAL_KEY
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
-Handler = Callable[[BodySource, Call], Awaitable[Reply]]
+Handler = Callable[[Gateway, BodySource, Call], Awaitable[Reply]]
 
 
 def _body_doc(schema: Any) -> dict[str, Any]:
@@ -33,11 +35,16 @@ def _body_doc(schema: Any) -> dict[str, Any]:
     }
 
 
-async def _serve(request: Request, keel: Services, endpoint: str, handler: Handler) -> Response:
-    call = Call(endpoint=endpoint, request_headers=request.headers)
+async def _serve(request: Request, endpoint: str, handler: Handler) -> Response:
+    keel: Services = request.app.state.keel
+    call = Call(
+        endpoint=endpoint,
+        request_headers=request.headers,
+        started=request.scope.get(ARRIVAL_KEY) or time.perf_counter(),
+    )
     limit = keel.settings.server.max_request_body_bytes
     try:
-        reply = await handler(lambda: read_body(request, limit), call)
+        reply = await handler(keel.gateway, lambda: read_body(request, limit), call)
     except KeelError as exc:
         return error_response(exc, call.headers())
     if reply.stream is not None:
@@ -51,19 +58,21 @@ async def _serve(request: Request, keel: Services, endpoint: str, handler: Handl
     )
 
 
+# The inference routes take the bare request (no dependency injection): they are the hot path,
+# and FastAPI's dependency resolution costs more per request than everything Keel does here.
 @router.post("/chat/completions", openapi_extra=_body_doc(ChatCompletionRequest))
-async def chat_completions(request: Request, keel: Services = Depends(services)) -> Response:
-    return await _serve(request, keel, "chat.completions", keel.gateway.chat_completions)
+async def chat_completions(request: Request) -> Response:
+    return await _serve(request, "chat.completions", Gateway.chat_completions)
 
 
 @router.post("/completions", openapi_extra=_body_doc(CompletionRequest))
-async def completions(request: Request, keel: Services = Depends(services)) -> Response:
-    return await _serve(request, keel, "completions", keel.gateway.completions)
+async def completions(request: Request) -> Response:
+    return await _serve(request, "completions", Gateway.completions)
 
 
 @router.post("/embeddings", openapi_extra=_body_doc(EmbeddingRequest))
-async def embeddings(request: Request, keel: Services = Depends(services)) -> Response:
-    return await _serve(request, keel, "embeddings", keel.gateway.embeddings)
+async def embeddings(request: Request) -> Response:
+    return await _serve(request, "embeddings", Gateway.embeddings)
 
 
 @router.get("/models")
