@@ -4,7 +4,7 @@
 
     python bench/cache_hit.py [--requests 2000]
 
-Reuses the fake upstream and process helpers of gateway_overhead.py (same folder).
+Reuses the fake upstream of gateway_overhead.py and the helpers in _processes.py.
 """
 
 from __future__ import annotations

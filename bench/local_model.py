@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from typing import Any
 
 import httpx
 import orjson
+
+from _processes import _die_with_parent, free_port, keel_command, render, stop_process
 
 HOST = "127.0.0.1"
 MODEL_ID = "smollm2-135m-instruct"
@@ -119,6 +120,8 @@ def run_keel(client: httpx.Client, base: str, max_tokens: int) -> Run:
         "seed": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        # temperature 0 is cacheable: every run must generate, not replay the first answer.
+        "cache": {"no_cache": True, "no_store": True},
     }
     started = time.perf_counter()
     with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
@@ -129,43 +132,6 @@ def run_keel(client: httpx.Client, base: str, max_tokens: int) -> Run:
 
 
 # -- the Keel process ----------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    # Linux: the child gets SIGTERM if this process dies without cleaning up (kill -9).
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def keel_command() -> list[str]:
-    """The `keel` entry point of this interpreter (`python -m keel.cli` has no __main__)."""
-    script = Path(sys.executable).with_name("keel")
-    if script.is_file():
-        return [str(script)]
-    return [
-        sys.executable,
-        "-c",
-        "import sys; from keel.cli import main; sys.argv[0] = 'keel'; main()",
-    ]
-
-
-def stop_process(process: subprocess.Popen[bytes], sig: int, timeout_s: float) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(sig)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def wait_ready(
@@ -193,20 +159,6 @@ def warm_up_keel(client: httpx.Client, base: str, max_tokens: int) -> None:
 
 
 # -- reporting -----------------------------------------------------------------------------------
-
-
-def render(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = [title]
-    for index, row in enumerate([header, *rows]):
-        cells = [
-            str(cell).ljust(widths[i]) if i == 0 else str(cell).rjust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  " + "  ".join(cells))
-        if index == 0:
-            lines.append("  " + "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
 
 
 def report(runs: Sequence[tuple[int, Run]], threads: int) -> None:

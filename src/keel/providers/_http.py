@@ -171,6 +171,23 @@ def _timeout(timeout_s: float, connect_timeout_s: float, streaming: bool) -> aio
     return aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
 
 
+def _error_response(
+    provider: str,
+    response: aiohttp.ClientResponse,
+    raw: bytes,
+    sent_headers: dict[str, str],
+    find_message: ErrorMessageFinder,
+) -> KeelError:
+    return error_for_status(
+        provider,
+        response.status,
+        raw,
+        find_message=find_message,
+        retry_after=response.headers.get("retry-after"),
+        credentials=credentials_in(sent_headers),
+    )
+
+
 async def post_json(
     session: aiohttp.ClientSession,
     provider: str,
@@ -193,14 +210,7 @@ async def post_json(
         ) as response:
             raw = await response.read()
             if response.status >= 400:
-                raise error_for_status(
-                    provider,
-                    response.status,
-                    raw,
-                    find_message=find_message,
-                    retry_after=response.headers.get("retry-after"),
-                    credentials=credentials_in(headers),
-                )
+                raise _error_response(provider, response, raw, headers, find_message)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -236,14 +246,8 @@ async def stream_sse(
             timeout=_timeout(timeout_s, connect_timeout_s, streaming=True),
         ) as response:
             if response.status >= 400:
-                raise error_for_status(
-                    provider,
-                    response.status,
-                    await response.read(),
-                    find_message=find_message,
-                    retry_after=response.headers.get("retry-after"),
-                    credentials=credentials_in(headers),
-                )
+                raw = await response.read()
+                raise _error_response(provider, response, raw, headers, find_message)
             event, data = "", list[str]()
             async for raw_line in response.content:
                 line = raw_line.decode("utf-8").rstrip("\r\n")

@@ -67,17 +67,17 @@ class OpenAICompatibleProvider(Provider):
             payload["stream_options"] = {**payload.get("stream_options", {}), "include_usage": True}
         return payload
 
+    def _request_options(self) -> dict[str, Any]:
+        return {
+            "headers": self._headers(),
+            "params": self._query(),
+            "timeout_s": self.config.timeout_s,
+            "connect_timeout_s": self.config.connect_timeout_s,
+        }
+
     async def _post(self, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return await post_json(
-            self.http,
-            self.name,
-            self._url(endpoint),
-            payload,
-            headers=self._headers(),
-            params=self._query(),
-            timeout_s=self.config.timeout_s,
-            connect_timeout_s=self.config.connect_timeout_s,
-        )
+        url = self._url(endpoint)
+        return await post_json(self.http, self.name, url, payload, **self._request_options())
 
     async def _stream(
         self, endpoint: str, payload: dict[str, Any]
@@ -86,14 +86,7 @@ class OpenAICompatibleProvider(Provider):
         events = cast(
             AsyncGenerator[SSEEvent, None],
             stream_sse(
-                self.http,
-                self.name,
-                self._url(endpoint),
-                payload,
-                headers=self._headers(),
-                params=self._query(),
-                timeout_s=self.config.timeout_s,
-                connect_timeout_s=self.config.connect_timeout_s,
+                self.http, self.name, self._url(endpoint), payload, **self._request_options()
             ),
         )
         finished = False
