@@ -4,6 +4,7 @@ the Keel SDK and the CLI."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -154,6 +155,28 @@ def test_keel_sdk_and_cli(server: tuple[str, Path, subprocess.Popen[str]]) -> No
         check=True,
     )
     assert said.stdout.strip()
+    deployments = subprocess.run(
+        [*cli, "deployments", "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    states = {row["id"]: row["state"] for row in json.loads(deployments.stdout)}
+    assert states[CHAT] == "closed"
+    cached = [
+        subprocess.run(
+            [*cli, "chat", "Name a fruit.", "--temperature", "0", "--max-tokens", "5"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for _ in range(2)
+    ]
+    assert cached[0] == cached[1]
+    deadline = time.monotonic() + 10
+    with Keel(url) as keel:  # records are written in batches, a moment after the answer
+        while not (hits := [r for r in keel.requests(limit=20) if r["cache"] == "hit"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert hits[0]["cost_usd"] == 0
     failed = subprocess.run(
         [*cli, "chat", "x", "-m", "nope"], env=env, capture_output=True, text=True
     )

@@ -58,6 +58,9 @@ def chat(
     stream: bool = typer.Option(False, "--stream", help="Print tokens as they arrive."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", min=1),
     temperature: float | None = typer.Option(None, "--temperature", min=0, max=2),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Don't answer from Keel's response cache (and don't store)."
+    ),
     url: str | None = UrlOption,
     api_key: str | None = KeyOption,
 ) -> None:
@@ -67,6 +70,8 @@ def chat(
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": prompt})
     params = _given(max_tokens=max_tokens, temperature=temperature)
+    if no_cache:
+        params["cache"] = {"no_cache": True, "no_store": True}
     with _client(url, api_key) as client:
         if stream:
             _print_stream(client.chat_stream(model, messages, **params))

@@ -200,8 +200,7 @@ class Gateway:
         if request.stream:
             opened = await _first_chunk(_iterate(replay(cached)))
             return self._stream_reply(call, opened, request.wants_usage_chunk())
-        reply = self._respond(call, cached)
-        return reply
+        return self._respond(call, cached)
 
     # -- streaming -------------------------------------------------------------------------
 
