@@ -11,6 +11,7 @@
     │   └── ModelNotFoundError           code=model_not_found
     ├── RequestTooLargeError (413)
     ├── RateLimitError (429)
+    ├── ClientClosedRequestError (499)   the client went away; nothing can be sent back
     └── UpstreamError (502, upstream_error)
         ├── UpstreamConnectionError      could not reach the provider
         ├── UpstreamAuthError            the provider refused Keel's credentials
@@ -28,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "AuthenticationError",
+    "ClientClosedRequestError",
     "ConfigError",
     "ContextWindowExceededError",
     "InvalidRequestError",
@@ -125,6 +127,11 @@ class RateLimitError(KeelError):
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+
+class ClientClosedRequestError(KeelError):
+    status_code = 499
+    error_type = "client_closed_request"
 
 
 class UpstreamError(KeelError):

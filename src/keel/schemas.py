@@ -186,7 +186,7 @@ class ChatCompletionRequest(_Open):
 
 class CompletionRequest(_Open):
     model: str = Field(min_length=1)
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(min_length=1)
     max_tokens: int | None = Field(default=16, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)

@@ -434,3 +434,34 @@ def test_snapshot_reports_counts_and_load() -> None:
         "saturated": False,
         "last_error": "timeout",
     }
+
+
+def test_a_stream_ending_long_after_its_probe_answered_does_not_free_a_new_probe() -> None:
+    clock = Clock()
+    health = deployment("a", clock).health
+    for _ in range(3):
+        fail(health)
+    clock.advance(5.0)
+    assert health.available()
+    old_probe = health.started()
+    health.succeeded(0.01, probe=old_probe, release=False)  # first chunk: circuit closes
+    for _ in range(3):
+        fail(health)  # it fails again while the old stream is still being relayed
+    clock.advance(5.0)
+    assert health.available()
+    assert health.started()  # the new probe
+    health.stream_ended(None)  # the old stream ends cleanly
+    assert not health.available()  # the new probe is still the only one out
+
+
+def test_one_mid_stream_failure_does_not_open_a_healthy_circuit() -> None:
+    clock = Clock()
+    health = deployment("a", clock).health
+    for _ in range(5):
+        health.started()
+        health.succeeded(0.01)
+    health.started()
+    health.succeeded(0.01, release=False)
+    health.stream_ended("bad_response")
+    assert health.state == "closed"
+    assert health.in_flight == 0

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from keel.schemas import ChatCompletionRequest
 
@@ -102,7 +103,7 @@ def semantic_prompt(model_group: str, request: ChatCompletionRequest) -> Semanti
     return SemanticPrompt(text=text, context=int.from_bytes(digest[:8], "little", signed=True))
 
 
-def take_cache_field(request: ChatCompletionRequest) -> object:
+def take_cache_field(request: BaseModel) -> object:
     """Remove the `cache` control field from the request and return it (None when absent), so
     it is neither forwarded upstream nor refused as an unsupported parameter."""
     extra = request.model_extra

@@ -80,6 +80,8 @@ class Call:
         return headers
 
     def record(self) -> dict[str, Any]:
+        """The request record. Text a client or provider controls is cut to its column's size
+        and cleaned of NUL characters, so no value can make the database refuse the batch."""
         if self.finished_at is None:
             self.finished_at = time.perf_counter()
         provider = self.provider
@@ -88,14 +90,14 @@ class Call:
             "id": self.request_id,
             "created_at": self.created_at,
             "endpoint": self.endpoint,
-            "model_requested": self.model_requested,
+            "model_requested": _text(self.model_requested, 255),
             "provider": provider.config.provider if provider else None,
             "deployment": provider.config.id if provider else None,
             "upstream_model": provider.upstream_model if provider else None,
             "stream": self.stream,
             "status_code": self.status_code,
             "error_type": self.error.error_type if self.error else None,
-            "error_message": self.error.message[:1000] if self.error else None,
+            "error_message": _text(self.error.message, 1000) if self.error else None,
             "latency_ms": self.elapsed_ms(),
             "ttft_ms": (
                 (self.first_token_at - self.started) * 1000 if self.first_token_at else None
@@ -110,7 +112,11 @@ class Call:
             "cached_tokens": usage.cached_tokens if usage else None,
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
             "cost_usd": self.cost_usd,
-            "caller": self.caller,
+            "caller": _text(self.caller, 255),
             "attempts": self.trace.attempts,
             "cache": self.cache_status,
         }
+
+
+def _text(value: str | None, size: int) -> str | None:
+    return None if value is None else value.replace("\x00", "")[:size]

@@ -23,17 +23,23 @@ class Usage:
     reasoning_tokens: int = 0
 
     @classmethod
-    def from_openai(cls, usage: dict[str, Any] | None) -> Usage | None:
-        if not usage:
+    def from_openai(cls, usage: Any) -> Usage | None:
+        """Read OpenAI's usage object; counts that are missing or not numbers read as 0."""
+        if not usage or not isinstance(usage, dict):
             return None
-        prompt_details = usage.get("prompt_tokens_details") or {}
-        completion_details = usage.get("completion_tokens_details") or {}
+        prompt_details = usage.get("prompt_tokens_details")
+        completion_details = usage.get("completion_tokens_details")
         return cls(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cached_tokens=int(prompt_details.get("cached_tokens") or 0),
-            reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+            prompt_tokens=_count(usage, "prompt_tokens"),
+            completion_tokens=_count(usage, "completion_tokens"),
+            cached_tokens=_count(prompt_details, "cached_tokens"),
+            reasoning_tokens=_count(completion_details, "reasoning_tokens"),
         )
+
+
+def _count(container: Any, key: str) -> int:
+    value = container.get(key) if isinstance(container, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 class PriceTable:

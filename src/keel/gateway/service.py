@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from keel.cache import assemble, replay
+from keel.cache import assemble, replay, take_cache_field
 from keel.errors import InvalidRequestError, KeelError, UpstreamBadResponseError
 from keel.gateway.caching import ResponseCaching
 from keel.gateway.call import CLIENT_CLOSED_REQUEST, Call
@@ -101,6 +101,7 @@ class Gateway:
     async def completions(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
             request = await self._parse(CompletionRequest, body, call)
+            take_cache_field(request)  # only chat completions are cached; never forward it
             await self._apply_policies(call, request)
             group = self._route(call, request.model, "completions")
             wants_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -128,6 +129,7 @@ class Gateway:
     async def embeddings(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
             request = await self._parse(EmbeddingRequest, body, call)
+            take_cache_field(request)
             await self._apply_policies(call, request)
             group = self._route(call, request.model, "embeddings")
             response = await self._attempt(call, group, lambda provider: provider.embed(request))
@@ -231,8 +233,8 @@ class Gateway:
             while chunk is not None:
                 if storing:
                     relayed.append(dict(chunk))
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
+                if "usage" in chunk:
+                    usage = chunk["usage"] or usage
                     if not include_usage:
                         del chunk["usage"]
                 if chunk.get("choices"):
@@ -264,19 +266,24 @@ class Gateway:
                 # The stream stopped before the provider reported usage. Providers stream about
                 # one token per chunk, so the chunks relayed are the best count of what was paid.
                 usage = {"completion_tokens": content_chunks}
-            close = getattr(rest, "aclose", None)
-            if close is not None:
-                # Stops the upstream read or the local generation the client no longer wants.
-                await close()
-            self._account(call, usage)
-            self.recorder.add(call.record())
+            try:
+                close = getattr(rest, "aclose", None)
+                if close is not None:
+                    # Stops the upstream read or the local generation the client no longer wants.
+                    await close()
+                self._account(call, usage)
+            except Exception:
+                log.exception("finishing stream %s failed", call.request_id)
+            finally:
+                self.recorder.add(call.record())
 
     def _end_stream(self, call: Call) -> None:
         deployment = call.trace.deployment
         if deployment is None:
             return
         failure = failure_kind(call.error) if call.error is not None else None
-        deployment.health.stream_ended(failure, probe=call.trace.probe)
+        # A probe's slot was handed back at the first chunk, when the deployment answered.
+        deployment.health.stream_ended(failure)
 
     # -- recording -------------------------------------------------------------------------
 
@@ -291,6 +298,11 @@ class Gateway:
             raise
         except Exception:
             call.status_code = 500
+            self.recorder.add(call.record())
+            raise
+        except BaseException:
+            # Cancelled (the client went away, or a shutdown ran out of grace): still one record.
+            call.status_code = CLIENT_CLOSED_REQUEST
             self.recorder.add(call.record())
             raise
         if not call.stream:

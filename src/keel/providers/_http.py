@@ -93,10 +93,11 @@ def error_for_status(
         body = None
     detail = find_message(body) if body is not None else None
     if detail is None:
-        detail = raw_body[:300].decode("utf-8", "replace").strip() or "no error body"
+        detail = raw_body.decode("utf-8", "replace").strip() or "no error body"
     for secret in credentials:
         # Some servers repeat the key they refused; it must not travel on to clients or logs.
         detail = detail.replace(secret, "[redacted]")
+    detail = detail[:1000]
     message = f"{provider} returned HTTP {status}: {detail}"
     lowered = detail.lower()
     headers = {"retry-after": retry_after} if retry_after else None
@@ -250,7 +251,7 @@ async def stream_sse(
                 raise _error_response(provider, response, raw, headers, find_message)
             event, data = "", list[str]()
             async for raw_line in response.content:
-                line = raw_line.decode("utf-8").rstrip("\r\n")
+                line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
                 if not line:
                     if data:
                         yield SSEEvent(event or "message", "\n".join(data))

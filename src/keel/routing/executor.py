@@ -17,9 +17,10 @@ The rules, in order of precedence:
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -41,6 +42,7 @@ from keel.routing.group import Deployment, ModelGroup
 __all__ = ["AttemptTrace", "execute"]
 
 T = TypeVar("T")
+log = logging.getLogger("keel.routing")
 
 
 @dataclass
@@ -49,7 +51,6 @@ class AttemptTrace:
 
     tried: list[tuple[str, str]] = field(default_factory=list)  # (deployment id, outcome)
     deployment: Deployment | None = None
-    probe: bool = False  # the answering request was its deployment's half-open probe
 
     @property
     def attempts(self) -> int:
@@ -135,7 +136,7 @@ async def _run_group(
     for attempt in range(group.retry.max_attempts):
         deployment = group.choose(tried, exclude=refused_key)
         if deployment is None:
-            deployment = await _wait_for_rate_limit(group, deadline)
+            deployment = await _wait_for_rate_limit(group, deadline, refused_key)
             if deployment is None:
                 break
         if deployment.id in tried:
@@ -173,11 +174,22 @@ async def _run_group(
             if kind not in group.retry.retry_on:
                 raise _Exhausted(exc) from None
             continue
+        except Exception as exc:
+            # Anything else the provider raised means it answered with something unusable.
+            log.warning("deployment %s failed unexpectedly: %r", deployment.id, exc)
+            error = UpstreamBadResponseError(
+                f"{deployment.provider.name} returned an unusable response ({type(exc).__name__})"
+            )
+            deployment.health.failed("bad_response", probe=probe)
+            trace.tried.append((deployment.id, "bad_response"))
+            last_error = error
+            if "bad_response" not in group.retry.retry_on:
+                raise _Exhausted(error) from None
+            continue
         except BaseException:
             deployment.health.released(probe=probe)
             raise
         deployment.health.succeeded(time.monotonic() - started, probe=probe, release=not hold)
-        trace.probe = probe
         trace.tried.append((deployment.id, "ok"))
         return result
     raise _Exhausted(last_error)
@@ -207,10 +219,15 @@ async def _backoff(group: ModelGroup, attempt: int, deadline: float) -> None:
     await asyncio.sleep(max(min(delay, deadline - time.monotonic()), 0))
 
 
-async def _wait_for_rate_limit(group: ModelGroup, deadline: float) -> Deployment | None:
+async def _wait_for_rate_limit(
+    group: ModelGroup, deadline: float, exclude: Collection[str]
+) -> Deployment | None:
     """When every deployment is only rate limited, wait for the first Retry-After to pass."""
+    now = time.monotonic()
     waiting = [
-        d for d in group.deployments if d.health.state == "closed" and d.health.rate_limited_until
+        d
+        for d in group.deployments
+        if d.id not in exclude and d.health.state == "closed" and d.health.rate_limited_until > now
     ]
     if not waiting:
         return None

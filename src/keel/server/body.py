@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
-from keel.errors import InvalidRequestError, RequestTooLargeError
+from keel.errors import ClientClosedRequestError, InvalidRequestError, RequestTooLargeError
 
 __all__ = ["read_body"]
 
@@ -17,11 +18,14 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise RequestTooLargeError(f"the request body is over the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLargeError(f"the request body is over the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLargeError(f"the request body is over the {limit}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientClosedRequestError("the client disconnected while sending the body") from None
     if not size:
         raise InvalidRequestError("the request body is empty; send a JSON object")
     return b"".join(chunks)

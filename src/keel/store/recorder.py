@@ -13,6 +13,8 @@ import logging
 from collections import deque
 from typing import Any
 
+from sqlalchemy.exc import DataError, IntegrityError
+
 from keel.store.database import Database
 
 __all__ = ["RequestRecorder"]
@@ -34,6 +36,7 @@ class RequestRecorder:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.written = 0
+        self.dropped = 0
 
     @property
     def pending(self) -> int:
@@ -61,6 +64,17 @@ class RequestRecorder:
         if self._queue:
             log.error("request recorder stopped with %d records unwritten", len(self._queue))
 
+    def _insert_one_by_one(self, rows: list[dict[str, Any]]) -> int:
+        written = 0
+        for row in rows:
+            try:
+                self._database.insert_records([row])
+                written += 1
+            except (DataError, IntegrityError) as exc:
+                self.dropped += 1
+                log.error("dropped request record %s: %s", row.get("id"), type(exc).__name__)
+        return written
+
     async def _run(self) -> None:
         failures = 0
         while True:
@@ -77,6 +91,11 @@ class RequestRecorder:
             batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
             try:
                 await asyncio.to_thread(self._database.insert_records, batch)
+            except (DataError, IntegrityError):
+                # One bad row must not hold up every record behind it: write the rows one by
+                # one and drop only those the database refuses.
+                self.written += await asyncio.to_thread(self._insert_one_by_one, batch)
+                continue
             except Exception as exc:
                 self._queue.extendleft(reversed(batch))
                 failures += 1
