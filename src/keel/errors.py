@@ -9,6 +9,7 @@
     ├── PermissionDeniedError (403)
     ├── NotFoundError (404)
     │   └── ModelNotFoundError           code=model_not_found
+    ├── ConflictError (409)              the state changed or already exists
     ├── RequestTooLargeError (413)
     ├── RateLimitError (429)
     ├── ClientClosedRequestError (499)   the client went away; nothing can be sent back
@@ -31,6 +32,7 @@ __all__ = [
     "AuthenticationError",
     "ClientClosedRequestError",
     "ConfigError",
+    "ConflictError",
     "ContextWindowExceededError",
     "InvalidRequestError",
     "KeelError",
@@ -115,6 +117,12 @@ class NotFoundError(KeelError):
 
 class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
+
+
+class ConflictError(KeelError):
+    status_code = 409
+    error_type = "conflict_error"
+    default_code = "conflict"
 
 
 class RequestTooLargeError(KeelError):
