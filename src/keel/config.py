@@ -229,6 +229,17 @@ class ModelGroupConfig(_Section):
         return [*self.fallbacks, *(name for name in special if name)]
 
 
+class RegistryConfig(_Section):
+    """The model registry."""
+
+    approvals_required: int = Field(
+        default=1, ge=1, description="Approvals a promotion needs (the requester's never counts)."
+    )
+    refresh_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the gateway reloads the registry it serves."
+    )
+
+
 class Settings(_Section):
     home: Path = DEFAULT_HOME
     database_url: str | None = None
@@ -239,6 +250,7 @@ class Settings(_Section):
     groups: list[ModelGroupConfig] = Field(default_factory=list)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     config_file: Path | None = None
 

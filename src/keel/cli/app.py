@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import typer
 
-from keel.cli import client_commands, serve
+from keel.cli import client_commands, registry_commands, serve
 
 __all__ = ["app", "main"]
 
@@ -18,6 +18,8 @@ app.command("chat")(client_commands.chat)
 app.command("embed")(client_commands.embed)
 app.command("requests")(client_commands.requests)
 app.command("deployments")(client_commands.deployments)
+app.add_typer(registry_commands.app, name="registry")
+app.command("lineage")(registry_commands.lineage)
 app.command("version")(client_commands.version)
 
 

@@ -46,6 +46,7 @@ class Call:
     request_headers: Mapping[str, str] = field(default_factory=dict)
     cache_plan: CachePlan | None = None
     cache_status: str | None = None  # "hit" or "miss" for cacheable requests
+    registry_version: str | None = None  # "name@3" when the model came from the registry
 
     @property
     def provider(self) -> Provider | None:
@@ -69,6 +70,8 @@ class Call:
         headers = {"x-keel-request-id": self.request_id}
         if self.cache_status is not None:
             headers["x-keel-cache"] = self.cache_status
+        if self.registry_version is not None:
+            headers["x-keel-registry-version"] = self.registry_version
         if self.provider is not None and self.cache_status != "hit":
             headers["x-keel-deployment"] = self.provider.config.id
             headers["x-keel-attempts"] = str(self.trace.attempts)

@@ -22,11 +22,13 @@ from keel.gateway.call import CLIENT_CLOSED_REQUEST, Call
 from keel.gateway.legacy import chat_request_for, text_chunks, text_completion_for
 from keel.gateway.pricing import PriceTable, Usage
 from keel.gateway.sse import DONE, encode_error, encode_event
+from keel.registry.enforce import enforce_card_limits
 from keel.routing import failure_kind
 from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
     from keel.providers import Provider
+    from keel.registry.view import RegistryView
     from keel.routing import Capability, ModelGroup, Router
     from keel.store import RequestRecorder
 
@@ -62,19 +64,21 @@ class Gateway:
         prices: PriceTable,
         policies: Sequence[Policy] = (),
         caching: ResponseCaching | None = None,
+        registry: RegistryView | None = None,
     ) -> None:
         self.router = router
         self.recorder = recorder
         self.prices = prices
         self.policies = list(policies)
         self.caching = caching or ResponseCaching(None)
+        self.registry = registry
 
     async def chat_completions(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
             request = await self._parse(ChatCompletionRequest, body, call)
             cache_control = self.caching.control(request, call.request_headers)
             await self._apply_policies(call, request)
-            group = self._route(call, request.model, "chat")
+            group = self._route(call, request, "chat")
             call.cache_plan = self.caching.plan(group, request, cache_control, call.caller)
             if call.cache_plan is not None:
                 cached = await self.caching.lookup(call.cache_plan)
@@ -103,7 +107,7 @@ class Gateway:
             request = await self._parse(CompletionRequest, body, call)
             take_cache_field(request)  # only chat completions are cached; never forward it
             await self._apply_policies(call, request)
-            group = self._route(call, request.model, "completions")
+            group = self._route(call, request, "completions")
             wants_usage = bool(request.stream_options and request.stream_options.include_usage)
             if request.stream:
 
@@ -131,7 +135,7 @@ class Gateway:
             request = await self._parse(EmbeddingRequest, body, call)
             take_cache_field(request)
             await self._apply_policies(call, request)
-            group = self._route(call, request.model, "embeddings")
+            group = self._route(call, request, "embeddings")
             response = await self._attempt(call, group, lambda provider: provider.embed(request))
             return self._respond(call, response)
 
@@ -151,7 +155,27 @@ class Gateway:
         for policy in self.policies:
             await policy.check(call, request)
 
-    def _route(self, call: Call, model: str, capability: Capability) -> ModelGroup:
+    def _route(
+        self,
+        call: Call,
+        request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+        capability: Capability,
+    ) -> ModelGroup:
+        """The group serving `request.model`: a gateway model id, or a registry reference
+        (`name`, `name@alias`, `name@3`) whose card's constraints the request must meet."""
+        model = request.model
+        if self.registry is not None and not self.router.has(model):
+            resolved = self.registry.resolve(model)
+            if resolved is not None:
+                enforce_card_limits(resolved, request)
+                if resolved.gateway_model is None:
+                    raise InvalidRequestError(
+                        f"registry model {resolved.name}@{resolved.version} is not bound to a "
+                        "gateway model (set gateway_model in its card)",
+                        param="model",
+                    )
+                call.registry_version = f"{resolved.name}@{resolved.version}"
+                model = resolved.gateway_model
         group = self.router.resolve(model, capability)
         call.group = group.id
         return group

@@ -124,6 +124,9 @@ class Router:
     def groups(self) -> list[ModelGroup]:
         return list(self._groups.values())
 
+    def has(self, model: str) -> bool:
+        return model in self._groups
+
     def group(self, model: str) -> ModelGroup:
         group = self._groups.get(model)
         if group is None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from keel.sdk.registry import RegistryAPI
+
 __all__ = ["Keel", "KeelAPIError", "KeelConnectionError"]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -55,6 +57,7 @@ class Keel:
         self._http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
         )
+        self.registry = RegistryAPI(self._request, http=self._http)
 
     def __enter__(self) -> Keel:
         return self

@@ -12,7 +12,7 @@ from keel import __version__
 from keel.config import Settings
 from keel.routing.router import check_deployments
 from keel.server.errors import install_error_handlers
-from keel.server.routes import inference, operations
+from keel.server.routes import inference, operations, registry
 from keel.server.services import running_services
 from keel.server.timing import ArrivalTime
 
@@ -47,4 +47,6 @@ def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
     install_error_handlers(app)
     app.include_router(inference.router)
     app.include_router(operations.router)
+    app.include_router(registry.router)
+    app.include_router(registry.lineage_router)
     return app

@@ -16,6 +16,7 @@ from keel.config import Settings
 from keel.errors import ConfigError
 from keel.gateway import Gateway, PriceTable
 from keel.gateway.caching import ResponseCaching
+from keel.registry import Registry, RegistryView
 from keel.routing import Router, build_router
 from keel.store import Database, RequestRecorder
 
@@ -32,7 +33,13 @@ class Services:
     router: Router
     gateway: Gateway
     http: aiohttp.ClientSession
+    registry: Registry
+    registry_view: RegistryView
     warmup: asyncio.Task[None] | None = None
+
+    def registry_changed(self) -> None:
+        """A registry write went through this replica: the gateway's view reloads now."""
+        self.registry_view.changed()
 
 
 async def services(request: Request) -> Services:
@@ -62,8 +69,11 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     caching = ResponseCaching(
         _build_caches(settings, router), semantic_default=settings.cache.semantic.enabled
     )
-    gateway = Gateway(router, recorder, prices, caching=caching)
-    running = Services(settings, database, recorder, router, gateway, http)
+    registry = Registry(database, approvals_required=settings.registry.approvals_required)
+    registry_view = RegistryView(registry, refresh_interval_s=settings.registry.refresh_interval_s)
+    await registry_view.start()
+    gateway = Gateway(router, recorder, prices, caching=caching, registry=registry_view)
+    running = Services(settings, database, recorder, router, gateway, http, registry, registry_view)
     if settings.local_models.preload:
         running.warmup = asyncio.create_task(_warm_up(router))
     try:
@@ -71,6 +81,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     finally:
         if running.warmup is not None and not running.warmup.done():
             running.warmup.cancel()
+        await registry_view.close()
         await caching.close()
         await recorder.stop()
         for provider in router.providers:

@@ -1,0 +1,485 @@
+"""The model registry over HTTP: cards, versions, aliases, promotions, gates, evaluations and
+lineage, under /v1/keel/registry and /v1/keel/lineage.
+
+Every route calls the synchronous `Registry` in a worker thread and answers JSON (a model card
+export in YAML is the one exception). Registry errors are `KeelError`s, rendered by the app's
+error handlers as OpenAI-style bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal, ParamSpec, TypeVar
+
+import orjson
+from fastapi import APIRouter, Body, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
+
+from keel.errors import InvalidRequestError
+from keel.identity import ROLES, Actor
+from keel.registry.cards import ModelCard, card_digest, dump_card, load_card, to_huggingface
+from keel.registry.models import EntityRef, GateOp, QualityGate, Stage
+from keel.registry.service import Registry
+from keel.server.body import read_body
+
+__all__ = ["actor_from", "lineage_router", "router", "to_jsonable"]
+
+router = APIRouter(prefix="/v1/keel/registry", tags=["registry"])
+lineage_router = APIRouter(prefix="/v1/keel/lineage", tags=["registry"])
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+_CARD_LIMIT_BYTES = 1024 * 1024
+_YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+_NAME = Path(..., min_length=1, max_length=255)
+_CARD_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ModelCard.model_json_schema()},
+            "application/yaml": {"schema": {"type": "string", "title": "ModelCard (YAML)"}},
+        },
+    }
+}
+
+
+# -- identity (temporary) ------------------------------------------------------------------
+
+
+def actor_from(request: Request) -> Actor:
+    """Who is calling, from the `x-keel-actor` (default "local") and `x-keel-roles` (comma
+    list, default "admin") headers.
+
+    TEMPORARY: Keel has no authentication yet, so these headers are trusted as sent (the server
+    binds to loopback by default). Authentication will replace this function; the `Actor` it
+    returns, and every consumer of it, stay as they are.
+    """
+    name = request.headers.get("x-keel-actor", "local").strip()
+    if not name or len(name) > 200:
+        raise InvalidRequestError(
+            "the x-keel-actor header must be 1 to 200 characters", param="x-keel-actor"
+        )
+    raw = request.headers.get("x-keel-roles", "admin")
+    roles = frozenset(role.strip() for role in raw.split(",") if role.strip())
+    unknown = sorted(roles - set(ROLES))
+    if unknown or not roles:
+        raise InvalidRequestError(
+            f"x-keel-roles: unknown role(s) {', '.join(unknown) or '(none given)'}; "
+            f"use a comma list of {', '.join(ROLES)}",
+            param="x-keel-roles",
+        )
+    return Actor(name, roles)
+
+
+# -- request bodies ------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AliasMove(_Body):
+    version: int = Field(ge=1)
+    reason: str = Field(min_length=1, max_length=2000)
+    expected_version: int | None = Field(default=None, ge=1)
+
+
+class PromotionBody(_Body):
+    version: int = Field(ge=1)
+    stage: Stage
+    comment: str | None = Field(default=None, max_length=2000)
+    expires_in_s: int | None = Field(default=None, gt=0)
+
+
+class ApproveBody(_Body):
+    comment: str | None = Field(default=None, max_length=2000)
+    override_gates: bool = False
+
+
+class RejectBody(_Body):
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class GateBody(_Body):
+    metric: str = Field(min_length=1, max_length=200)
+    op: GateOp
+    threshold: float
+    dataset: str | None = Field(default=None, max_length=200)
+
+
+class EvaluationBody(_Body):
+    metric: str = Field(min_length=1, max_length=200)
+    value: float
+    dataset: str | None = Field(default=None, max_length=200)
+    run_id: str | None = Field(default=None, max_length=200)
+
+
+class ArchiveBody(_Body):
+    version: int | None = Field(default=None, ge=1)
+
+
+class EntityBody(_Body):
+    kind: str = Field(min_length=1, max_length=64)
+    id: str = Field(min_length=1, max_length=500)
+
+
+class LinkBody(_Body):
+    upstream: EntityBody
+    downstream: EntityBody
+    relation: str = Field(min_length=1, max_length=64)
+
+
+# -- plumbing ------------------------------------------------------------------------------
+
+
+def _registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.keel.registry
+    return registry
+
+
+async def _write(request: Request, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """A registry write, then tell the gateway's in-memory view that the registry changed."""
+    result = await asyncio.to_thread(method, *args, **kwargs)
+    changed = getattr(request.app.state.keel, "registry_changed", None)
+    if changed is not None:
+        changed()
+    return result
+
+
+def to_jsonable(value: Any) -> Any:
+    """Registry results (frozen dataclasses holding cards and datetimes) as plain JSON."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            field.name: to_jsonable(getattr(value, field.name))
+            for field in dataclasses.fields(value)
+        }
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, Mapping):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, set | frozenset):
+        return sorted((to_jsonable(item) for item in value), key=str)
+    return value
+
+
+def _json(value: Any, status_code: int = 200) -> Response:
+    return Response(
+        content=orjson.dumps(to_jsonable(value)),
+        status_code=status_code,
+        media_type="application/json",
+    )
+
+
+def _listing(items: Any) -> Response:
+    return _json({"object": "list", "data": list(items)})
+
+
+def _field_error(exc: ValidationError) -> InvalidRequestError:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid model card"}
+    param = ".".join(str(part) for part in first["loc"]) or None
+    return InvalidRequestError(f"{param or 'card'}: {first['msg']}", param=param)
+
+
+async def _card_from(request: Request) -> ModelCard:
+    """The model card in the body: a JSON object, or YAML text with a YAML content-type."""
+    settings = getattr(request.app.state.keel, "settings", None)
+    limit = settings.server.max_request_body_bytes if settings is not None else _CARD_LIMIT_BYTES
+    raw = await read_body(request, limit)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequestError("the model card is not UTF-8 text") from None
+    is_yaml = content_type in _YAML_TYPES
+    try:
+        return load_card(text, format="yaml" if is_yaml else "json")
+    except ValidationError as exc:
+        raise _field_error(exc) from None
+    except ValueError as exc:  # syntax: the message has the line and column
+        hint = "" if is_yaml else "; send YAML with content-type application/yaml"
+        raise InvalidRequestError(
+            f"the model card could not be read: {exc}{hint}",
+            code=None if is_yaml else "invalid_json",
+        ) from None
+
+
+def _number(registry: Registry, name: str, ref: str) -> int:
+    """A version number from a number or an alias (runs in a worker thread)."""
+    return int(ref) if ref.isdigit() else registry.resolve(f"{name}@{ref}").number
+
+
+# -- models and versions ---------------------------------------------------------------------
+
+
+@router.post("/models", status_code=201, openapi_extra=_CARD_BODY_DOC)
+async def create_model(request: Request) -> Response:
+    """Register a new model from its card: version 1."""
+    card = await _card_from(request)
+    actor = actor_from(request)
+    record = await _write(request, _registry(request).create, card, actor)
+    return _json(record, 201)
+
+
+@router.get("/models")
+async def list_models(request: Request, include_archived: bool = Query(False)) -> Response:
+    models = await asyncio.to_thread(
+        _registry(request).list_models, include_archived=include_archived
+    )
+    return _listing(models)
+
+
+@router.post("/models/{name:path}/versions", status_code=201, openapi_extra=_CARD_BODY_DOC)
+async def add_version(request: Request, name: str = _NAME) -> Response:
+    """A new version of `name` from a changed card."""
+    card = await _card_from(request)
+    actor = actor_from(request)
+    record = await _write(request, _registry(request).add_version, name, card, actor)
+    return _json(record, 201)
+
+
+@router.get("/models/{name:path}/versions/{ref}")
+async def get_version(request: Request, name: str = _NAME, ref: str = Path(...)) -> Response:
+    """One version, by number (`3`) or by alias (`production`)."""
+    registry = _registry(request)
+    if ref.isdigit():
+        return _json(await asyncio.to_thread(registry.version, name, int(ref)))
+    return _json(await asyncio.to_thread(registry.resolve, f"{name}@{ref}"))
+
+
+@router.get("/models/{name:path}/diff")
+async def diff_versions(
+    request: Request,
+    name: str = _NAME,
+    from_: str = Query(..., alias="from", min_length=1),
+    to: str = Query(..., min_length=1),
+) -> Response:
+    """What changed in the card between two versions (numbers or aliases)."""
+    registry = _registry(request)
+
+    def run() -> dict[str, Any]:
+        numbers = [_number(registry, name, ref) for ref in (from_, to)]
+        diff = registry.diff(name, *numbers)
+        return {"model": name, "from": numbers[0], "to": numbers[1], "changes": diff}
+
+    return _json(await asyncio.to_thread(run))
+
+
+@router.get("/models/{name:path}/export")
+async def export_card(
+    request: Request,
+    name: str = _NAME,
+    format: Literal["yaml", "json", "huggingface"] = Query("yaml"),
+    version: int | None = Query(None, ge=1),
+) -> Response:
+    """The card as YAML or JSON (the author's form), or as a Hugging Face card's metadata."""
+    registry = _registry(request)
+    if version is None:
+        record = await asyncio.to_thread(registry.resolve, name)
+    else:
+        record = await asyncio.to_thread(registry.version, name, version)
+    card: ModelCard = record.card
+    headers = {"x-keel-card-digest": card_digest(card)}
+    if format == "yaml":
+        return Response(dump_card(card, "yaml"), media_type="application/yaml", headers=headers)
+    if format == "json":
+        return Response(dump_card(card, "json"), media_type="application/json", headers=headers)
+    measured = [to_jsonable(evaluation) for evaluation in record.evaluations]
+    exported = to_huggingface(card, measured=measured)
+    response = _json(exported)
+    response.headers.update(headers)
+    return response
+
+
+@router.post("/models/{name:path}/archive")
+async def archive(
+    request: Request, name: str = _NAME, body: ArchiveBody | None = Body(None)
+) -> Response:
+    """Archive the model (no longer listed or served), or one of its versions."""
+    version = body.version if body is not None else None
+    actor = actor_from(request)
+    result = await _write(request, _registry(request).archive, name, actor, version=version)
+    return _json(result)
+
+
+# -- aliases ---------------------------------------------------------------------------------
+
+
+@router.put("/models/{name:path}/aliases/{alias}")
+async def move_alias(
+    request: Request, body: AliasMove, name: str = _NAME, alias: str = Path(..., min_length=1)
+) -> Response:
+    """Point `alias` at a version; `expected_version` makes the move conditional."""
+    actor = actor_from(request)
+    result = await _write(
+        request,
+        _registry(request).move_alias,
+        name,
+        alias,
+        body.version,
+        actor,
+        reason=body.reason,
+        expected_version=body.expected_version,
+    )
+    return _json(result)
+
+
+@router.get("/models/{name:path}/aliases/history")
+async def all_alias_history(request: Request, name: str = _NAME) -> Response:
+    return _listing(await asyncio.to_thread(_registry(request).alias_history, name))
+
+
+@router.get("/models/{name:path}/aliases/{alias}/history")
+async def alias_history(
+    request: Request, name: str = _NAME, alias: str = Path(..., min_length=1)
+) -> Response:
+    return _listing(await asyncio.to_thread(_registry(request).alias_history, name, alias))
+
+
+@router.get("/models/{name:path}/aliases/{alias}/at")
+async def alias_at(
+    request: Request,
+    name: str = _NAME,
+    alias: str = Path(..., min_length=1),
+    time: datetime = Query(..., description="ISO 8601; UTC when no offset is given"),
+) -> Response:
+    """The version `alias` pointed at, at `time`."""
+    at = time if time.tzinfo else time.replace(tzinfo=UTC)
+    version = await asyncio.to_thread(_registry(request).alias_at, name, alias, at)
+    return _json({"model": name, "alias": alias, "at": at, "version": version})
+
+
+# -- promotions and gates ---------------------------------------------------------------------
+
+
+@router.post("/models/{name:path}/promotions", status_code=201)
+async def request_promotion(request: Request, body: PromotionBody, name: str = _NAME) -> Response:
+    actor = actor_from(request)
+    promotion = await _write(
+        request,
+        _registry(request).request_promotion,
+        name,
+        body.version,
+        body.stage,
+        actor,
+        comment=body.comment,
+        expires_in_s=body.expires_in_s,
+    )
+    return _json(promotion, 201)
+
+
+@router.get("/promotions")
+async def list_promotions(
+    request: Request,
+    model: str | None = Query(None, max_length=200),
+    status: str | None = Query(None, max_length=32),
+) -> Response:
+    found = await asyncio.to_thread(_registry(request).promotions, name=model, status=status)
+    return _listing(found)
+
+
+@router.post("/promotions/{promotion_id}/approve")
+async def approve(
+    request: Request, promotion_id: str, body: ApproveBody | None = Body(None)
+) -> Response:
+    """Approve (a different actor than the requester, maintainer or above)."""
+    body = body or ApproveBody()
+    actor = actor_from(request)
+    result = await _write(
+        request,
+        _registry(request).approve,
+        promotion_id,
+        actor,
+        comment=body.comment,
+        override_gates=body.override_gates,
+    )
+    return _json(result)
+
+
+@router.post("/promotions/{promotion_id}/reject")
+async def reject(
+    request: Request, promotion_id: str, body: RejectBody | None = Body(None)
+) -> Response:
+    body = body or RejectBody()
+    actor = actor_from(request)
+    result = await _write(
+        request, _registry(request).reject, promotion_id, actor, comment=body.comment
+    )
+    return _json(result)
+
+
+@router.put("/models/{name:path}/gates/{stage}")
+async def set_gates(
+    request: Request, gates: list[GateBody], name: str = _NAME, stage: Stage = Path(...)
+) -> Response:
+    """Replace the quality gates a version must pass to be promoted to `stage`."""
+    actor = actor_from(request)
+    quality = [QualityGate(**gate.model_dump()) for gate in gates]
+    result = await _write(request, _registry(request).set_gates, name, stage, quality, actor)
+    return _json({"model": name, "stage": stage, "gates": result})
+
+
+@router.post("/models/{name:path}/versions/{version}/evaluations", status_code=201)
+async def record_evaluation(
+    request: Request, body: EvaluationBody, name: str = _NAME, version: int = Path(..., ge=1)
+) -> Response:
+    actor = actor_from(request)
+    result = await _write(
+        request,
+        _registry(request).record_evaluation,
+        name,
+        version,
+        metric=body.metric,
+        value=body.value,
+        dataset=body.dataset,
+        run_id=body.run_id,
+        actor=actor,
+    )
+    return _json(result, 201)
+
+
+# Last of the GET routes: `{name:path}` lets model names hold '/', and would match the
+# longer paths above if it came first.
+@router.get("/models/{name:path}")
+async def get_model(request: Request, name: str = _NAME) -> Response:
+    """A model's summary: its versions, their stages, and its aliases."""
+    return _json(await asyncio.to_thread(_registry(request).get, name))
+
+
+# -- lineage -----------------------------------------------------------------------------------
+
+
+@lineage_router.post("/links", status_code=201)
+async def link(request: Request, body: LinkBody) -> Response:
+    """Record that `downstream` was derived from `upstream` (a model version, dataset, run...)."""
+    actor = actor_from(request)
+    result = await _write(
+        request,
+        _registry(request).link,
+        EntityRef(body.upstream.kind, body.upstream.id),
+        EntityRef(body.downstream.kind, body.downstream.id),
+        relation=body.relation,
+        actor=actor,
+    )
+    return _json(result, 201)
+
+
+@lineage_router.get("/{kind}/{entity_id:path}")
+async def lineage(
+    request: Request,
+    kind: str,
+    entity_id: str,
+    direction: Literal["upstream", "downstream", "both"] = Query("both"),
+) -> Response:
+    graph = await asyncio.to_thread(
+        _registry(request).lineage, EntityRef(kind, entity_id), direction=direction
+    )
+    return _json(graph)
