@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from keel.config import Settings
 from keel.identity import Actor
 from keel.registry.cards import parse_card
+from keel.registry.models import EntityRef
 from tests.conftest import flushed_records, running_app
 from tests.fakes.openai import FakeOpenAI
 
@@ -119,6 +120,8 @@ async def test_aliases_and_stages_follow_promotions(
     assert await served("curie@staging") == "curie@2"
     assert await served("curie@champion") == "curie@1"
     assert await served("curie") == "curie@2"  # no production alias yet: the latest version
+    tree = registry.lineage(EntityRef("group", "gpt"), direction="upstream")
+    assert {child.entity.id for child in tree.upstream} == {"curie@1", "curie@2"}
 
     registry.archive("curie", ALICE)
     await app.state.keel.registry_view.refresh()

@@ -246,6 +246,11 @@ def insert_version(
     values |= {"stage": "draft", "card": card_document(card), "created_by": actor.name}
     values["created_at"] = now
     conn.execute(insert(registry_versions).values(**values))
+    if card.gateway_model:
+        # The lineage graph runs on to what serves the version: model version → gateway model.
+        version = m.EntityRef("model_version", f"{name}@{number}")
+        served_by = m.EntityRef("group", card.gateway_model)
+        insert_link(conn, version, served_by, "served_by", actor, now)
     return values
 
 
