@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +44,9 @@ STAGE_ALIASES: dict[str, Stage] = {"staging": "staging", "production": "producti
 GateOp = Literal[">=", "<=", ">", "<"]
 GATE_OPS: tuple[GateOp, ...] = (">=", "<=", ">", "<")
 PromotionStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
+
+
+log = logging.getLogger("keel.registry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +352,12 @@ def snapshot_from(
 ) -> dict[str, ModelSnapshot]:
     by_model: dict[str, dict[int, VersionSnapshot]] = defaultdict(dict)
     for row in versions:
-        card = parse_card(row.card)
+        try:
+            card = parse_card(row.card)
+        except ValueError:
+            # One unreadable card must not keep every other model from being served.
+            log.error("registry card %s@%s could not be read; not served", row.model, row.number)
+            continue
         snapshot = VersionSnapshot(row.stage, card.gateway_model, card.limits)
         by_model[row.model][row.number] = snapshot
     pointers = _pointers(aliases)

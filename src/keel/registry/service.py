@@ -139,7 +139,7 @@ class Registry:
             raise InvalidRequestError(f"{reference!r}: nothing after '@'", param="reference")
         with self._read() as conn:
             db.model_row(conn, name)
-            if ref.isdigit():
+            if ref.isascii() and ref.isdigit():
                 number = int(ref)
             elif ref:
                 found = db.alias_version(conn, name, ref)
@@ -200,7 +200,7 @@ class Registry:
         if not reason.strip():
             raise InvalidRequestError("moving an alias needs a reason", param="reason")
         with self._write() as conn:
-            db.live_model(conn, name)
+            db.live_model(conn, name, lock=True)
             if db.version_row(conn, name, version).stage == "archived":
                 raise ConflictError(f"{name}@{version} is archived")
             if alias in STAGE_ALIASES:
@@ -288,7 +288,7 @@ class Registry:
         if override_gates and not actor.has_any("admin"):
             raise PermissionDeniedError("only an admin can override quality gates")
         with self._write() as conn:
-            row = db.promotion_row(conn, promotion_id)
+            row = self._lock_promotion(conn, promotion_id)
             if row.requested_by == actor.name:
                 raise PermissionDeniedError("a promotion needs approval from someone else")
             now = self._now()
@@ -311,7 +311,7 @@ class Registry:
     def reject(self, promotion_id: str, actor: Actor, *, comment: str | None = None) -> Promotion:
         require(actor, REVIEWERS, "reject promotions")
         with self._write() as conn:
-            row = db.promotion_row(conn, promotion_id)
+            row = self._lock_promotion(conn, promotion_id)
             now = self._now()
             expired = self._expire_if_due(conn, row, now)
             if not expired:
@@ -321,6 +321,14 @@ class Registry:
         if expired:
             raise ConflictError(f"promotion {promotion_id} has expired", code="promotion_expired")
         return result
+
+    @staticmethod
+    def _lock_promotion(conn: Connection, promotion_id: str) -> Row[Any]:
+        # Every writer locks the model row first (archive, alias moves, new versions), so
+        # taking it before the promotion row keeps the lock order the same everywhere.
+        model = db.promotion_row(conn, promotion_id, lock=False).model
+        db.model_row(conn, model, lock=True)
+        return db.promotion_row(conn, promotion_id)
 
     def promotion(self, promotion_id: str) -> Promotion:
         with self._read() as conn:
@@ -394,7 +402,7 @@ class Registry:
             for ref in (upstream, downstream):
                 if ref.kind == "model_version":
                     name, _, number = ref.id.partition("@")
-                    if not number.isdigit():
+                    if not (number.isascii() and number.isdigit()):
                         raise InvalidRequestError(f"model_version ids are 'name@3', not {ref.id!r}")
                     db.version_row(conn, name, int(number))
             return db.insert_link(conn, upstream, downstream, relation, actor, self._now())

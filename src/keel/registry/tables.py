@@ -318,9 +318,9 @@ def move_alias_row(
     return m.alias_move_of(entry)
 
 
-def promotion_row(conn: Connection, promotion_id: str) -> Row[Any]:
+def promotion_row(conn: Connection, promotion_id: str, *, lock: bool = True) -> Row[Any]:
     query = select(registry_promotions).where(_PROMOTIONS.id == promotion_id)
-    row = conn.execute(query.with_for_update()).first()
+    row = conn.execute(query.with_for_update() if lock else query).first()
     if row is None:
         raise NotFoundError(f"promotion {promotion_id!r} not found")
     return row
@@ -361,7 +361,19 @@ def insert_link(
         return m.LineageLink(
             upstream, downstream, relation, existing.created_by, m.utc(existing.created_at)
         )
-    conn.execute(insert(lineage_links).values(**edge, created_by=actor.name, created_at=now))
+    try:
+        # A savepoint, so a concurrent insert of the same edge leaves this transaction usable.
+        with conn.begin_nested():
+            conn.execute(
+                insert(lineage_links).values(**edge, created_by=actor.name, created_at=now)
+            )
+    except IntegrityError:
+        existing = conn.execute(query).first()
+        if existing is None:
+            raise
+        return m.LineageLink(
+            upstream, downstream, relation, existing.created_by, m.utc(existing.created_at)
+        )
     return m.LineageLink(upstream, downstream, relation, actor.name, now)
 
 

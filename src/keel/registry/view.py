@@ -40,18 +40,33 @@ class RegistryView:
         self._models: dict[str, ModelSnapshot] = {}
         self._poller: asyncio.Task[None] | None = None
         self._pending: asyncio.Task[None] | None = None
+        self._dirty = False
 
     async def start(self) -> None:
-        await self.refresh()
+        try:
+            await self.refresh()
+        except Exception as exc:  # serve the gateway without the registry; the poller retries
+            log.error("loading the registry failed: %s", type(exc).__name__)
         self._poller = asyncio.create_task(self._poll(), name="keel-registry-view")
 
     async def refresh(self) -> None:
         self._models = await asyncio.to_thread(self._registry.snapshot)
 
     def changed(self) -> None:
-        """A write just happened here: reload soon, without making the writer wait."""
+        """A write just happened here: reload soon, without making the writer wait. A reload
+        already running may have read before this write, so one more follows it."""
+        self._dirty = True
         if self._pending is None or self._pending.done():
-            self._pending = asyncio.create_task(self.refresh())
+            self._pending = asyncio.create_task(self._reload_until_clean())
+
+    async def _reload_until_clean(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            try:
+                await self.refresh()
+            except Exception as exc:
+                log.warning("reloading the registry failed: %s", type(exc).__name__)
+                return
 
     async def settle(self) -> None:
         """Wait for a reload started by `changed()` (tests, and callers that read their write)."""
@@ -79,7 +94,7 @@ class RegistryView:
             return None
         if ref == "":
             version = model.aliases.get("production") or model.latest
-        elif ref.isdigit():
+        elif ref.isascii() and ref.isdigit():
             version = int(ref)
         elif ref in model.aliases:
             version = model.aliases[ref]
