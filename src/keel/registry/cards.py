@@ -11,9 +11,12 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Literal
 
+import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -104,10 +107,11 @@ class DeclaredBenchmark(BaseModel):
                 continue
             if isinstance(value, bool) or not isinstance(value, str | int | float):
                 raise ValueError(f"benchmark {key!r} must be a number or text, got {value!r}")
-            original[key] = str(value)
+            text = value if isinstance(value, str) else _plain_number(value)
+            original[key] = text
             target = _BENCHMARK_KEYS.get(key.strip().lower())
             if target is None:
-                other[key] = str(value)
+                other[key] = text
             else:
                 typed[target] = value
         return {**typed, "other": other, "original": original}
@@ -136,11 +140,19 @@ class DeclaredBenchmark(BaseModel):
         for name in _BENCHMARK_ALIASES:
             value = getattr(self, name)
             if value is not None and name not in covered:
-                filled[name] = repr(value)  # bare numbers read as 0..1, ms and USD/1M
+                filled[name] = _plain_number(value)  # bare numbers: 0..1, ms and USD/1M
         for key, text in self.other.items():
             filled.setdefault(key, text)
         self.original = filled
         return self
+
+
+def _plain_number(value: int | float) -> str:
+    """A number in plain decimal form ("0.0000001", not "1e-07"), which the parsers read back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    text = str(value)
+    return format(Decimal(text), "f") if "e" in text.lower() else text
 
 
 class CardExample(BaseModel):
