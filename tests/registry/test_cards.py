@@ -336,3 +336,9 @@ def test_card_diff() -> None:
         "integrator_guide",
         "endpoint",
     }
+
+
+def test_numbers_in_exponent_form_round_trip() -> None:
+    card = parse_card({"name": "x", "benchmark": {"latency": 1e-7}})
+    assert card.benchmark.original == {"latency": "0.0000001"}
+    assert parse_card(card_document(card)) == card

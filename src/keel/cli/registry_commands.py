@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +54,8 @@ def _registry(
     except KeelAPIError as exc:
         where = f" (field: {exc.param})" if exc.param else ""
         fail(f"{exc}{where}")
+    except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
+        fail(str(exc) or type(exc).__name__)
 
 
 def _api_of(client: Keel) -> RegistryAPI:
@@ -200,7 +203,7 @@ def history(
 def promote(
     name: str = typer.Argument(...),
     version: int = typer.Argument(..., min=1),
-    stage: str = typer.Argument(..., help="staging, production or archived."),
+    stage: str = typer.Argument(..., help="staging or production."),
     comment: str | None = typer.Option(None, "--comment"),
     expires_in: int | None = typer.Option(None, "--expires-in", min=1, help="Seconds."),
     url: str | None = UrlOption,
@@ -317,6 +320,8 @@ def evaluate(
     roles: str | None = RolesOption,
 ) -> None:
     """Record an evaluation result for a version (what quality gates check)."""
+    if not math.isfinite(value):
+        fail(f"VALUE: {value!r} is not a finite number")
     with _registry(url, api_key, actor, roles) as registry:
         found = registry.evaluate(name, version, metric, value, dataset=dataset, run_id=run_id)
     typer.echo(f"{name}@{version} {found['metric']}={found['value']:g} ({found['id']})")

@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal
 
-import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keel.registry import normalize as nz
 
 __all__ = [
+    "CardDataError",
     "CardExample",
     "CardLimits",
     "CardTraining",
@@ -31,6 +31,7 @@ __all__ = [
     "card_diff",
     "card_digest",
     "card_document",
+    "check_json_data",
     "derive_limits",
     "dump_card",
     "load_card",
@@ -38,6 +39,7 @@ __all__ = [
     "to_huggingface",
 ]
 
+MAX_NAME_LENGTH = 200
 _COUNT_FIELDS = ("max_input_tokens", "max_output_tokens", "tokens_per_day", "requests_per_minute")
 
 
@@ -177,7 +179,7 @@ class ModelCard(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     type: str | None = None
     description: str | None = None
     benchmark: DeclaredBenchmark = DeclaredBenchmark()
@@ -187,7 +189,7 @@ class ModelCard(BaseModel):
     integrator_guide: str | None = None
     sdk: list[str] = []
     endpoint: list[str] = []
-    gateway_model: str | None = None
+    gateway_model: str | None = Field(default=None, max_length=255)
     examples: list[CardExample] = []
     training: CardTraining | None = None
     license: str | None = None
@@ -197,6 +199,21 @@ class ModelCard(BaseModel):
     intended_use: str | None = None
     version_notes: str | None = None
     extra: dict[str, Any] = {}
+
+    @field_validator("name", mode="after")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # '/' would make `team/diff` collide with the routes' own words (the registry refuses
+        # '@', which separates a name from its version or alias in references).
+        if "/" in value or "\x00" in value:
+            raise ValueError("a model name cannot contain '/' or NUL characters")
+        return value
+
+    @field_validator("extra", mode="after")
+    @classmethod
+    def _json_extra(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json_data(value)
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -247,7 +264,7 @@ def load_card(text: str, format: Literal["yaml", "json"] | None = None) -> Model
     data: Any
     if format == "json" or (format is None and text.lstrip().startswith("{")):
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             if format == "json":
                 raise ValueError(
@@ -258,12 +275,84 @@ def load_card(text: str, format: Literal["yaml", "json"] | None = None) -> Model
         data = _load_yaml(text)
     if not isinstance(data, Mapping):
         raise ValueError(f"a model card must be a mapping, got {type(data).__name__}")
+    check_json_data(data)
     return parse_card(data)
+
+
+class _CardLoader(yaml.SafeLoader):
+    """YAML's safe subset, with timestamps kept as the text the author wrote."""
+
+
+def _timestamp_as_text(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    return str(loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
+_CardLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
+
+
+class CardDataError(ValueError):
+    """A card value that is not plain JSON; `param` is its dotted path ("" for the card)."""
+
+    def __init__(self, param: str, problem: str) -> None:
+        super().__init__(f"{param or 'card'}: {problem}")
+        self.param = param
+
+
+def check_json_data(data: Any, where: str = "") -> None:
+    """Raise ValueError unless `data` is plain JSON: mappings with string keys, lists,
+    strings (valid Unicode), finite numbers, booleans and null, with no shared or circular
+    references (YAML anchors, !!binary, !!set and the like never reach a stored card)."""
+    stack: list[tuple[Any, str]] = [(data, where)]
+    seen: set[int] = set()
+    while stack:
+        value, path = stack.pop()
+        if value is None or isinstance(value, bool | int):
+            continue
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise CardDataError(path, f"numbers must be finite, got {value!r}")
+        elif isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, Mapping | list | tuple):
+            if id(value) in seen:
+                raise CardDataError(path, "repeated or circular references are not allowed")
+            seen.add(id(value))
+            if isinstance(value, Mapping):
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        raise CardDataError(path, f"keys must be text, got {key!r}")
+                    _check_text(key, path)
+                    stack.append((item, f"{path}.{key}" if path else key))
+            else:
+                stack.extend(
+                    (item, f"{path}.{index}" if path else str(index))
+                    for index, item in enumerate(value)
+                )
+        else:
+            kind = type(value).__name__
+            raise CardDataError(path, f"{kind} values are not allowed in a model card")
+
+
+def _check_text(value: str, path: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CardDataError(path, "text holds an invalid (lone surrogate) character") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; numbers must be finite")
 
 
 def _load_yaml(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        # Refuse aliases before anything is built: an alias bomb never expands.
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                mark = event.start_mark
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                raise ValueError(f"invalid YAML{where}: anchors and aliases are not allowed")
+        return yaml.load(text, Loader=_CardLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -8,6 +8,7 @@ sentence either way.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,15 +30,29 @@ __all__ = [
 
 MODALITIES = frozenset({"image", "audio", "video", "file"})
 
-# A number as authors write it: "2,000", "0.002", "1.2", with an optional k/M/B multiplier.
-_NUM = r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+# A number as authors write it: "2,000", "0.002", "1.2", "1e-07", with an optional k/M/B
+# multiplier.
+_NUM = r"((?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+)?)"
+# The largest token or request count a card may state (the registry stores them as 32-bit ints).
+MAX_COUNT = 2**31 - 1
+# Numbers beyond 10**±_MAX_EXPONENT are nobody's latency, price or count; refusing them keeps
+# Decimal arithmetic and float conversion in range.
+_MAX_EXPONENT = 300
 _SCALE = {"": 1, "k": 1_000, "thousand": 1_000, "m": 1_000_000, "million": 1_000_000}
 _SCALE_RE = r"(k|m|b|thousand|million|billion)?"
 _SCALE.update({"b": 1_000_000_000, "billion": 1_000_000_000})
 
 
+def _checked(value: Decimal, original: object) -> Decimal:
+    if not value.is_finite():
+        raise ValueError(f"expected a finite number, got {original!r}")
+    if value and abs(value.adjusted()) > _MAX_EXPONENT:
+        raise ValueError(f"number out of range: {original!r}")
+    return value
+
+
 def _decimal(number: str, scale: str | None = None) -> Decimal:
-    value = Decimal(number.replace(",", ""))
+    value = _checked(Decimal(number.replace(",", "")), number)
     return value * _SCALE[(scale or "").lower()]
 
 
@@ -46,10 +61,24 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _from_number(value: int | float) -> Decimal:
+    """An author's YAML/JSON number as a Decimal; NaN and infinities are refused."""
+    if isinstance(value, int) and value.bit_length() > 1024:
+        raise ValueError(f"number out of range: {value!r}")
+    return _checked(Decimal(str(value)), value)
+
+
+def _float(number: Decimal, original: object) -> float:
+    result = float(number)
+    if not math.isfinite(result):
+        raise ValueError(f"number out of range: {original!r}")
+    return result
+
+
 def parse_count(value: object) -> int:
     """A token or request count: 2000, "2,000", "4k", "1.5M"."""
     if _is_number(value):
-        number = Decimal(str(value))
+        number = _from_number(value)  # type: ignore[arg-type]
     elif isinstance(value, str) and (
         m := re.fullmatch(rf"\s*{_NUM}\s*{_SCALE_RE}\s*(?:tokens?)?\s*", value, re.I)
     ):
@@ -58,13 +87,15 @@ def parse_count(value: object) -> int:
         raise ValueError(f"expected a count such as 2000 or '4k', got {value!r}")
     if number < 0 or number != number.to_integral_value():
         raise ValueError(f"expected a whole non-negative count, got {value!r}")
+    if number > MAX_COUNT:
+        raise ValueError(f"a count may be at most {MAX_COUNT}, got {value!r}")
     return int(number)
 
 
 def parse_fraction(value: object) -> float:
     """An accuracy-like score in 0..1: 0.9, "0.9", "90%"."""
     if _is_number(value):
-        number = Decimal(str(value))
+        number = _from_number(value)  # type: ignore[arg-type]
     elif isinstance(value, str) and (m := re.fullmatch(rf"\s*{_NUM}\s*(%?)\s*", value)):
         number = _decimal(m.group(1)) / (100 if m.group(2) else 1)
     else:
@@ -73,7 +104,7 @@ def parse_fraction(value: object) -> float:
         )
     if not 0 <= number <= 1:
         raise ValueError(f"expected a value between 0 and 1 (or 0% and 100%), got {value!r}")
-    return float(number)
+    return _float(number, value)
 
 
 _DURATION_UNITS = {
@@ -103,14 +134,14 @@ _DURATION_RE = re.compile(
 def parse_duration_ms(value: object) -> float:
     """A latency in milliseconds: "200ms", "1.2s", "~300 ms"; a bare number is milliseconds."""
     if _is_number(value):
-        number = Decimal(str(value))
+        number = _from_number(value)  # type: ignore[arg-type]
     elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value)):
         number = _decimal(m.group(1)) * _DURATION_UNITS[(m.group(2) or "ms").lower()]
     else:
         raise ValueError(f"expected a duration such as '200ms' or '1.2s', got {value!r}")
     if number < 0:
         raise ValueError(f"expected a non-negative duration, got {value!r}")
-    return float(number)
+    return _float(number, value)
 
 
 _PER_TOKENS = {"": 1, "k": 1_000, "m": 1_000_000, "thousand": 1_000, "million": 1_000_000}
@@ -128,7 +159,7 @@ def parse_usd_per_1m_tokens(value: object) -> float:
     """A price normalised to USD per 1M tokens: "$0.002/1k tokens", "$2 per 1M tokens",
     "0.002 USD/1K", "$3/MTok". A bare number is already USD per 1M tokens (Keel's price unit)."""
     if _is_number(value):
-        number = Decimal(str(value))
+        number = _from_number(value)  # type: ignore[arg-type]
     elif isinstance(value, str) and (m := _BARE_COST_RE.fullmatch(value)):
         number = _decimal(m.group(1))
     elif isinstance(value, str) and (m := _COST_RE.fullmatch(value.replace("MTok", "M tok"))):
@@ -142,7 +173,7 @@ def parse_usd_per_1m_tokens(value: object) -> float:
         )
     if number < 0:
         raise ValueError(f"expected a non-negative price, got {value!r}")
-    return float(number)
+    return _float(number, value)
 
 
 def merge_split_numbers(items: Iterable[str]) -> list[str]:
@@ -176,7 +207,8 @@ class ConstraintFacts:
     requests_per_minute: int | None = None
 
 
-_AMOUNT = rf"{_NUM}\s*(k|m|b|thousand|million)?"
+# Not the tail of a longer number or of a power ("10^23" is no count Keel can hold).
+_AMOUNT = rf"(?<![\d.^]){_NUM}\s*(k|m|b|thousand|million)?"
 _DAY = r"(?:per\s+day|a\s+day|/\s*day|each\s+day|daily|per\s+24\s*h(?:ours?)?)"
 _MINUTE = r"(?:per\s+minute|a\s+minute|/\s*min(?:ute)?|each\s+minute|per\s+min)"
 _TOKENS_PER_DAY = [
@@ -200,11 +232,20 @@ _OUTPUT_WORDS = r"\b(?:output|completion|generation|generated|response|reply)\b"
 _INPUT_WORDS = r"\b(?:input|prompt|context|sequence|window|length|max|maximum|limit|up\s+to)\b"
 
 
+def _amount(number: str, scale: str | None) -> int | None:
+    """A whole count stated in prose; None where it is no usable count (out of range)."""
+    try:
+        value = _decimal(number, scale)
+    except ValueError:
+        return None
+    return int(value) if 0 <= value <= MAX_COUNT else None
+
+
 def _find_amount(patterns: list[str], text: str) -> tuple[int | None, str]:
     """The first amount a pattern finds, and the text with that span removed."""
     for pattern in patterns:
         if m := re.search(pattern, text, re.I):
-            return int(_decimal(m.group(1), m.group(2))), text[: m.start()] + text[m.end() :]
+            return _amount(m.group(1), m.group(2)), text[: m.start()] + text[m.end() :]
     return None, text
 
 
@@ -226,11 +267,14 @@ def parse_constraint(sentence: str) -> ConstraintFacts:
     # "8k input / 2k output tokens" states two limits; judge each part by its own words.
     about_tokens = re.search(r"\btokens?\b|\bcontext\b|\bwindow\b", text)
     for part in re.split(r"[;/]|\band\b", text):
-        amounts = [
-            int(_decimal(m.group(1), m.group(2)))
-            for m in re.finditer(rf"(?<![\w.$-]){_AMOUNT}(?![\w%$])", part)
+        found = [
+            _amount(m.group(1), m.group(2))
+            for m in re.finditer(rf"(?<![\w.$-]){_AMOUNT}(?![\w%$^])", part)
         ]
-        if not amounts or not about_tokens:
+        # A part stating an amount out of range states no limit Keel can enforce; its small
+        # numbers are strays, not the limit.
+        amounts = [amount for amount in found if amount is not None]
+        if not amounts or None in found or not about_tokens:
             continue
         # Stray small numbers ("v2") share sentences with limits; the limit is the big one.
         amount = max(amounts)

@@ -12,6 +12,7 @@ Importing this module never imports the server or the registry's storage.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -25,7 +26,6 @@ __all__ = ["RegistryAPI", "parse_gate"]
 RequestFn = Callable[..., dict[str, Any]]
 Rows = list[dict[str, Any]]
 PREFIX = "/v1/keel/registry"
-_YAML_SUFFIXES = (".yaml", ".yml")
 _OPS = (">=", "<=", ">", "<")
 
 
@@ -44,6 +44,8 @@ def parse_gate(text: str) -> dict[str, Any]:
                 threshold = float(right.strip())
             except ValueError:
                 raise ValueError(f"gate {text!r}: {right.strip()!r} is not a number") from None
+            if not math.isfinite(threshold):
+                raise ValueError(f"gate {text!r}: the threshold must be a finite number")
             if not metric.strip():
                 raise ValueError(f"gate {text!r}: the metric name is missing")
             return {
@@ -85,17 +87,24 @@ class RegistryAPI:
         self, card: Mapping[str, Any] | str | Path, *, name: str | None = None
     ) -> dict[str, Any]:
         """Register a card: a dict, or the path of a YAML or JSON file. With `name`, the card
-        is a new version of that existing model instead of a new model."""
+        is a new version of that existing model instead of a new model.
+
+        The file goes to the server as it is (a `.json` file as JSON, any other as YAML, of
+        which JSON is a subset), so the server reports any problem with line and column.
+        Raises OSError where the file cannot be read, ValueError where it is not UTF-8."""
         path = f"{PREFIX}/models" if name is None else f"{PREFIX}/models/{_seg(name)}/versions"
         if isinstance(card, Mapping):
             return self._call("POST", path, json=dict(card))
         file = Path(card)
-        text = file.read_text(encoding="utf-8")
-        if file.suffix.lower() in _YAML_SUFFIXES:
-            return self._call(
-                "POST", path, content=text.encode(), headers={"content-type": "application/yaml"}
-            )
-        return self._call("POST", path, json=json.loads(text))
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{file}: the card is not UTF-8 text ({exc.reason})") from None
+        is_json = file.suffix.lower() == ".json"
+        content_type = "application/json" if is_json else "application/yaml"
+        return self._call(
+            "POST", path, content=text.encode("utf-8"), headers={"content-type": content_type}
+        )
 
     def add_version(self, name: str, card: Mapping[str, Any] | str | Path) -> dict[str, Any]:
         return self.add(card, name=name)
@@ -213,6 +222,8 @@ class RegistryAPI:
         dataset: str | None = None,
         run_id: str | None = None,
     ) -> dict[str, Any]:
+        if not math.isfinite(value):
+            raise ValueError(f"evaluation value must be a finite number, got {value!r}")
         body = _given(metric=metric, value=value, dataset=dataset, run_id=run_id)
         path = f"{PREFIX}/models/{_seg(name)}/versions/{int(version)}/evaluations"
         return self._call("POST", path, json=body)

@@ -16,12 +16,27 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import orjson
 from fastapi import APIRouter, Body, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from starlette.responses import Response
 
-from keel.errors import InvalidRequestError
+from keel.errors import ConflictError, InvalidRequestError
 from keel.identity import ROLES, Actor
-from keel.registry.cards import ModelCard, card_digest, dump_card, load_card, to_huggingface
+from keel.registry.cards import (
+    MAX_NAME_LENGTH,
+    CardDataError,
+    ModelCard,
+    card_digest,
+    dump_card,
+    load_card,
+    to_huggingface,
+)
 from keel.registry.models import EntityRef, GateOp, QualityGate, Stage
 from keel.registry.service import Registry
 from keel.server.body import read_body
@@ -36,7 +51,16 @@ P = ParamSpec("P")
 
 _CARD_LIMIT_BYTES = 1024 * 1024
 _YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
-_NAME = Path(..., min_length=1, max_length=255)
+# Bounds match the registry's columns (keel/registry/tables.py): versions are 32-bit
+# integers, ids and names at most 255 characters, kinds and relations 64. NUL characters are
+# refused everywhere: PostgreSQL text cannot hold them.
+MAX_VERSION = 2**31 - 1
+MAX_EXPIRY_S = 365 * 24 * 3600
+_NO_NUL = r"^[^\x00]*$"
+_NAME = Path(..., min_length=1, max_length=MAX_NAME_LENGTH, pattern=_NO_NUL)
+_ALIAS = Path(..., min_length=1, max_length=64, pattern=_NO_NUL)
+_REF = Path(..., min_length=1, max_length=64, pattern=_NO_NUL)
+_PROMOTION_ID = Path(..., min_length=1, max_length=64, pattern=_NO_NUL)
 _CARD_BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -82,18 +106,30 @@ def actor_from(request: Request) -> Actor:
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("text cannot contain NUL characters")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("text holds an invalid (lone surrogate) character") from None
+        return value
+
 
 class AliasMove(_Body):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     reason: str = Field(min_length=1, max_length=2000)
-    expected_version: int | None = Field(default=None, ge=1)
+    expected_version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
 
 
 class PromotionBody(_Body):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     stage: Stage
     comment: str | None = Field(default=None, max_length=2000)
-    expires_in_s: int | None = Field(default=None, gt=0)
+    expires_in_s: int | None = Field(default=None, gt=0, le=MAX_EXPIRY_S)
 
 
 class ApproveBody(_Body):
@@ -108,24 +144,33 @@ class RejectBody(_Body):
 class GateBody(_Body):
     metric: str = Field(min_length=1, max_length=200)
     op: GateOp
-    threshold: float
+    threshold: float = Field(allow_inf_nan=False)
     dataset: str | None = Field(default=None, max_length=200)
 
 
 class EvaluationBody(_Body):
     metric: str = Field(min_length=1, max_length=200)
-    value: float
+    value: float = Field(allow_inf_nan=False)
     dataset: str | None = Field(default=None, max_length=200)
     run_id: str | None = Field(default=None, max_length=200)
 
 
 class ArchiveBody(_Body):
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
 
 
 class EntityBody(_Body):
     kind: str = Field(min_length=1, max_length=64)
-    id: str = Field(min_length=1, max_length=500)
+    id: str = Field(min_length=1, max_length=255)
+
+    @model_validator(mode="after")
+    def _version_in_range(self) -> EntityBody:
+        # A model version's id is `name@3`; its number must fit the version column.
+        _, _, ref = self.id.rpartition("@")
+        digits = ref.isascii() and ref.isdigit()
+        if self.kind == "model_version" and digits and not 1 <= int(ref) <= MAX_VERSION:
+            raise ValueError(f"version numbers are 1 to {MAX_VERSION}, got {ref}")
+        return self
 
 
 class LinkBody(_Body):
@@ -204,6 +249,8 @@ async def _card_from(request: Request) -> ModelCard:
         return load_card(text, format="yaml" if is_yaml else "json")
     except ValidationError as exc:
         raise _field_error(exc) from None
+    except CardDataError as exc:
+        raise InvalidRequestError(str(exc), param=exc.param or None) from None
     except ValueError as exc:  # syntax: the message has the line and column
         hint = "" if is_yaml else "; send YAML with content-type application/yaml"
         raise InvalidRequestError(
@@ -212,9 +259,29 @@ async def _card_from(request: Request) -> ModelCard:
         ) from None
 
 
-def _number(registry: Registry, name: str, ref: str) -> int:
+def _version_number(ref: str, param: str) -> int | None:
+    """`ref` as a version number, or None where it is an alias. Only ASCII digits count:
+    `str.isdigit` also accepts "²", which `int` cannot read."""
+    if not (ref.isascii() and ref.isdigit()):
+        return None
+    number = int(ref)
+    if not 1 <= number <= MAX_VERSION:
+        raise InvalidRequestError(
+            f"{param}: version numbers are 1 to {MAX_VERSION}, got {ref}", param=param
+        )
+    return number
+
+
+def _number(registry: Registry, name: str, ref: str, param: str) -> int:
     """A version number from a number or an alias (runs in a worker thread)."""
-    return int(ref) if ref.isdigit() else registry.resolve(f"{name}@{ref}").number
+    number = _version_number(ref, param)
+    return number if number is not None else registry.resolve(f"{name}@{ref}").number
+
+
+def _served_by_gateway(request: Request, name: str) -> bool:
+    router_ = getattr(request.app.state.keel, "router", None)
+    has = getattr(router_, "has", None)
+    return bool(has(name)) if callable(has) else False
 
 
 # -- models and versions ---------------------------------------------------------------------
@@ -225,6 +292,13 @@ async def create_model(request: Request) -> Response:
     """Register a new model from its card: version 1."""
     card = await _card_from(request)
     actor = actor_from(request)
+    if _served_by_gateway(request, card.name):
+        # Gateway model ids win when a request names a model, so this card's limits would
+        # silently never apply.
+        raise ConflictError(
+            f"{card.name!r} is a gateway model id on this server; register the card under "
+            "another name (and point it at the deployment with `gateway_model`)"
+        )
     record = await _write(request, _registry(request).create, card, actor)
     return _json(record, 201)
 
@@ -243,15 +317,17 @@ async def add_version(request: Request, name: str = _NAME) -> Response:
     card = await _card_from(request)
     actor = actor_from(request)
     record = await _write(request, _registry(request).add_version, name, card, actor)
-    return _json(record, 201)
+    # An unchanged card makes no new version: nothing was created.
+    return _json(record, 201 if getattr(record, "created", True) else 200)
 
 
 @router.get("/models/{name:path}/versions/{ref}")
-async def get_version(request: Request, name: str = _NAME, ref: str = Path(...)) -> Response:
+async def get_version(request: Request, name: str = _NAME, ref: str = _REF) -> Response:
     """One version, by number (`3`) or by alias (`production`)."""
     registry = _registry(request)
-    if ref.isdigit():
-        return _json(await asyncio.to_thread(registry.version, name, int(ref)))
+    number = _version_number(ref, "ref")
+    if number is not None:
+        return _json(await asyncio.to_thread(registry.version, name, number))
     return _json(await asyncio.to_thread(registry.resolve, f"{name}@{ref}"))
 
 
@@ -259,14 +335,16 @@ async def get_version(request: Request, name: str = _NAME, ref: str = Path(...))
 async def diff_versions(
     request: Request,
     name: str = _NAME,
-    from_: str = Query(..., alias="from", min_length=1),
-    to: str = Query(..., min_length=1),
+    from_: str = Query(..., alias="from", min_length=1, max_length=64, pattern=_NO_NUL),
+    to: str = Query(..., min_length=1, max_length=64, pattern=_NO_NUL),
 ) -> Response:
     """What changed in the card between two versions (numbers or aliases)."""
     registry = _registry(request)
 
     def run() -> dict[str, Any]:
-        numbers = [_number(registry, name, ref) for ref in (from_, to)]
+        numbers = [
+            _number(registry, name, ref, param) for ref, param in ((from_, "from"), (to, "to"))
+        ]
         diff = registry.diff(name, *numbers)
         return {"model": name, "from": numbers[0], "to": numbers[1], "changes": diff}
 
@@ -278,7 +356,7 @@ async def export_card(
     request: Request,
     name: str = _NAME,
     format: Literal["yaml", "json", "huggingface"] = Query("yaml"),
-    version: int | None = Query(None, ge=1),
+    version: int | None = Query(None, ge=1, le=MAX_VERSION),
 ) -> Response:
     """The card as YAML or JSON (the author's form), or as a Hugging Face card's metadata."""
     registry = _registry(request)
@@ -315,7 +393,7 @@ async def archive(
 
 @router.put("/models/{name:path}/aliases/{alias}")
 async def move_alias(
-    request: Request, body: AliasMove, name: str = _NAME, alias: str = Path(..., min_length=1)
+    request: Request, body: AliasMove, name: str = _NAME, alias: str = _ALIAS
 ) -> Response:
     """Point `alias` at a version; `expected_version` makes the move conditional."""
     actor = actor_from(request)
@@ -338,9 +416,7 @@ async def all_alias_history(request: Request, name: str = _NAME) -> Response:
 
 
 @router.get("/models/{name:path}/aliases/{alias}/history")
-async def alias_history(
-    request: Request, name: str = _NAME, alias: str = Path(..., min_length=1)
-) -> Response:
+async def alias_history(request: Request, name: str = _NAME, alias: str = _ALIAS) -> Response:
     return _listing(await asyncio.to_thread(_registry(request).alias_history, name, alias))
 
 
@@ -348,11 +424,16 @@ async def alias_history(
 async def alias_at(
     request: Request,
     name: str = _NAME,
-    alias: str = Path(..., min_length=1),
+    alias: str = _ALIAS,
     time: datetime = Query(..., description="ISO 8601; UTC when no offset is given"),
 ) -> Response:
     """The version `alias` pointed at, at `time`."""
-    at = time if time.tzinfo else time.replace(tzinfo=UTC)
+    try:
+        at = time.astimezone(UTC) if time.tzinfo else time.replace(tzinfo=UTC)
+    except OverflowError:
+        raise InvalidRequestError(
+            f"time: {time.isoformat()} is out of range in UTC", param="time"
+        ) from None
     version = await asyncio.to_thread(_registry(request).alias_at, name, alias, at)
     return _json({"model": name, "alias": alias, "at": at, "version": version})
 
@@ -379,8 +460,8 @@ async def request_promotion(request: Request, body: PromotionBody, name: str = _
 @router.get("/promotions")
 async def list_promotions(
     request: Request,
-    model: str | None = Query(None, max_length=200),
-    status: str | None = Query(None, max_length=32),
+    model: str | None = Query(None, max_length=MAX_NAME_LENGTH, pattern=_NO_NUL),
+    status: str | None = Query(None, max_length=32, pattern=_NO_NUL),
 ) -> Response:
     found = await asyncio.to_thread(_registry(request).promotions, name=model, status=status)
     return _listing(found)
@@ -388,7 +469,7 @@ async def list_promotions(
 
 @router.post("/promotions/{promotion_id}/approve")
 async def approve(
-    request: Request, promotion_id: str, body: ApproveBody | None = Body(None)
+    request: Request, promotion_id: str = _PROMOTION_ID, body: ApproveBody | None = Body(None)
 ) -> Response:
     """Approve (a different actor than the requester, maintainer or above)."""
     body = body or ApproveBody()
@@ -406,7 +487,7 @@ async def approve(
 
 @router.post("/promotions/{promotion_id}/reject")
 async def reject(
-    request: Request, promotion_id: str, body: RejectBody | None = Body(None)
+    request: Request, promotion_id: str = _PROMOTION_ID, body: RejectBody | None = Body(None)
 ) -> Response:
     body = body or RejectBody()
     actor = actor_from(request)
@@ -429,7 +510,10 @@ async def set_gates(
 
 @router.post("/models/{name:path}/versions/{version}/evaluations", status_code=201)
 async def record_evaluation(
-    request: Request, body: EvaluationBody, name: str = _NAME, version: int = Path(..., ge=1)
+    request: Request,
+    body: EvaluationBody,
+    name: str = _NAME,
+    version: int = Path(..., ge=1, le=MAX_VERSION),
 ) -> Response:
     actor = actor_from(request)
     result = await _write(
@@ -446,8 +530,7 @@ async def record_evaluation(
     return _json(result, 201)
 
 
-# Last of the GET routes: `{name:path}` lets model names hold '/', and would match the
-# longer paths above if it came first.
+# Last of the GET routes: `{name:path}` would match the longer paths above if it came first.
 @router.get("/models/{name:path}")
 async def get_model(request: Request, name: str = _NAME) -> Response:
     """A model's summary: its versions, their stages, and its aliases."""
@@ -475,8 +558,8 @@ async def link(request: Request, body: LinkBody) -> Response:
 @lineage_router.get("/{kind}/{entity_id:path}")
 async def lineage(
     request: Request,
-    kind: str,
-    entity_id: str,
+    kind: str = Path(..., min_length=1, max_length=64, pattern=_NO_NUL),
+    entity_id: str = Path(..., min_length=1, max_length=255, pattern=_NO_NUL),
     direction: Literal["upstream", "downstream", "both"] = Query("both"),
 ) -> Response:
     graph = await asyncio.to_thread(
