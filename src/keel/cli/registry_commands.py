@@ -46,9 +46,7 @@ def _registry(
     role_list = [role.strip() for role in roles.split(",") if role.strip()] if roles else None
     try:
         with Keel(url, api_key=api_key) as client:
-            found = getattr(client, "registry", None)
-            api = found if isinstance(found, RegistryAPI) else _api_of(client)
-            yield api.as_actor(actor, role_list)
+            yield client.registry.as_actor(actor, role_list)
     except KeelConnectionError as exc:
         fail(f"{exc}\nIs the server running? Start it with: keel serve")
     except KeelAPIError as exc:
@@ -56,10 +54,6 @@ def _registry(
         fail(f"{exc}{where}")
     except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
         fail(str(exc) or type(exc).__name__)
-
-
-def _api_of(client: Keel) -> RegistryAPI:
-    return RegistryAPI(client._request, http=client._http)
 
 
 def _print_json(value: Any) -> None:
