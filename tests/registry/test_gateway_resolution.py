@@ -142,3 +142,36 @@ async def test_constraints_are_enforced_on_the_local_model(keel_home: Path) -> N
         assert ok.json()["choices"][0]["message"]["content"] is not None
         too_long = await client.post("/v1/chat/completions", json=ask("tiny", "word " * 200))
         assert too_long.status_code == 413
+
+
+async def test_cards_must_bind_to_a_served_model_and_rollbacks_cite_the_approval(
+    keel: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    app, client = keel
+    headers = {"x-keel-actor": "alice", "x-keel-roles": "developer"}
+    unbound = await client.post(
+        "/v1/keel/registry/models",
+        json={"name": "ghost", "gateway_model": "not-served"},
+        headers=headers,
+    )
+    assert unbound.status_code == 400
+    assert unbound.json()["error"]["param"] == "gateway_model"
+
+    registry = app.state.keel.registry
+    first = registry.request_promotion("curie", 1, "staging", ALICE)
+    registry.approve(first.id, BOB)
+    registry.add_version("curie", card(description="second"), ALICE)
+    second = registry.request_promotion("curie", 2, "staging", ALICE)
+    registry.approve(second.id, BOB)
+    path = "/v1/keel/registry/models/curie/aliases/staging"
+    without = await client.put(path, json={"version": 1, "reason": "rollback"}, headers=headers)
+    assert without.status_code == 409
+    rolled_back = await client.put(
+        path,
+        json={"version": 1, "reason": "rollback", "approval_id": first.id},
+        headers=headers,
+    )
+    assert rolled_back.status_code == 200, rolled_back.text
+    await app.state.keel.registry_view.settle()
+    response = await client.post("/v1/chat/completions", json=ask("curie@staging"))
+    assert response.headers["x-keel-registry-version"] == "curie@1"

@@ -153,6 +153,9 @@ def alias(
     expected: int | None = typer.Option(
         None, "--expected", min=1, help="Move only if the alias still points at this version."
     ),
+    approval: str | None = typer.Option(
+        None, "--approval", help="For staging/production: the approved promotion's id."
+    ),
     url: str | None = UrlOption,
     api_key: str | None = KeyOption,
     actor: str | None = ActorOption,
@@ -160,7 +163,14 @@ def alias(
 ) -> None:
     """Point an alias at a version."""
     with _registry(url, api_key, actor, roles) as registry:
-        move = registry.alias(name, alias_name, version, reason=reason, expected_version=expected)
+        move = registry.alias(
+            name,
+            alias_name,
+            version,
+            reason=reason,
+            expected_version=expected,
+            approval_id=approval,
+        )
     was = move.get("from_version")
     typer.echo(f"{name}@{alias_name}: {was if was is not None else '-'} -> {move['to_version']}")
 

@@ -160,11 +160,15 @@ class RegistryAPI:
         *,
         reason: str,
         expected_version: int | None = None,
+        approval_id: str | None = None,
     ) -> dict[str, Any]:
-        """Point `alias` at `version`; with `expected_version`, only if it still points there."""
+        """Point `alias` at `version`; with `expected_version`, only if it still points there.
+        `staging`/`production` move only with the `approval_id` of that version's promotion."""
         body: dict[str, Any] = {"version": version, "reason": reason}
         if expected_version is not None:
             body["expected_version"] = expected_version
+        if approval_id is not None:
+            body["approval_id"] = approval_id
         return self._call("PUT", f"{PREFIX}/models/{_seg(name)}/aliases/{_seg(alias)}", json=body)
 
     def history(self, name: str, alias: str | None = None) -> Rows:

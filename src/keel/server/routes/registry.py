@@ -123,6 +123,9 @@ class AliasMove(_Body):
     version: int = Field(ge=1, le=MAX_VERSION)
     reason: str = Field(min_length=1, max_length=2000)
     expected_version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
+    # Re-pointing `staging`/`production` (a rollback) cites the approved promotion of that
+    # version to that stage.
+    approval_id: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class PromotionBody(_Body):
@@ -278,6 +281,18 @@ def _number(registry: Registry, name: str, ref: str, param: str) -> int:
     return number if number is not None else registry.resolve(f"{name}@{ref}").number
 
 
+def _check_binding(request: Request, card: ModelCard) -> None:
+    """A card bound to a model this gateway does not serve would only fail at request time."""
+    if card.gateway_model is None or getattr(request.app.state.keel, "router", None) is None:
+        return
+    if not _served_by_gateway(request, card.gateway_model):
+        raise InvalidRequestError(
+            f"gateway_model {card.gateway_model!r} is not served by this gateway; "
+            "GET /v1/models lists what is",
+            param="gateway_model",
+        )
+
+
 def _served_by_gateway(request: Request, name: str) -> bool:
     router_ = getattr(request.app.state.keel, "router", None)
     has = getattr(router_, "has", None)
@@ -292,6 +307,7 @@ async def create_model(request: Request) -> Response:
     """Register a new model from its card: version 1."""
     card = await _card_from(request)
     actor = actor_from(request)
+    _check_binding(request, card)
     if _served_by_gateway(request, card.name):
         # Gateway model ids win when a request names a model, so this card's limits would
         # silently never apply.
@@ -316,6 +332,7 @@ async def add_version(request: Request, name: str = _NAME) -> Response:
     """A new version of `name` from a changed card."""
     card = await _card_from(request)
     actor = actor_from(request)
+    _check_binding(request, card)
     record = await _write(request, _registry(request).add_version, name, card, actor)
     # An unchanged card makes no new version: nothing was created.
     return _json(record, 201 if getattr(record, "created", True) else 200)
@@ -406,6 +423,7 @@ async def move_alias(
         actor,
         reason=body.reason,
         expected_version=body.expected_version,
+        approval_id=body.approval_id,
     )
     return _json(result)
 
