@@ -2,8 +2,7 @@
 
 Precedence, lowest first: built-in defaults < the YAML file (`--config` or KEEL_CONFIG) <
 environment variables (KEEL_HOME, KEEL_DATABASE_URL, KEEL_REDIS_URL, KEEL_HOST, KEEL_PORT,
-KEEL_LOG_LEVEL) <
-command-line flags. This is the only module that reads the environment.
+KEEL_LOG_LEVEL) < command-line flags. This is the only module that reads the environment.
 """
 
 from __future__ import annotations

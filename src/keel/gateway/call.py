@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from keel.errors import KeelError
+from keel.errors import ClientClosedRequestError, KeelError
 from keel.gateway.pricing import Usage
 from keel.routing import AttemptTrace
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["CLIENT_CLOSED_REQUEST", "Call"]
 
 # nginx's convention for "the client went away before the response was complete".
-CLIENT_CLOSED_REQUEST = 499
+CLIENT_CLOSED_REQUEST = ClientClosedRequestError.status_code
 
 
 @dataclass(slots=True)

@@ -46,10 +46,6 @@ class ModelGroup:
     random: Callable[[], float] = random.random
 
     @property
-    def kind(self) -> str:
-        return self.deployments[0].provider.config.kind
-
-    @property
     def first_provider(self) -> Provider:
         return self.deployments[0].provider
 

@@ -28,7 +28,6 @@ class DeploymentHealth:
     tpm: int | None = None
     clock: Callable[[], float] = time.monotonic
     state: CircuitState = "closed"
-    opened_at: float = 0.0
     cooldown_until: float = 0.0
     rate_limited_until: float = 0.0
     probe_in_flight: bool = False
@@ -108,7 +107,6 @@ class DeploymentHealth:
             self._failures.popleft()
         if probe or len(self._failures) >= self.circuit.failure_threshold:
             self.state = "open"
-            self.opened_at = now
             self.cooldown_until = max(self.cooldown_until, now + self.circuit.cooldown_s)
         if probe:
             self.probe_in_flight = False
