@@ -2,7 +2,8 @@
 
 Precedence, lowest first: built-in defaults < the YAML file (`--config` or KEEL_CONFIG) <
 environment variables (KEEL_HOME, KEEL_DATABASE_URL, KEEL_REDIS_URL, KEEL_HOST, KEEL_PORT,
-KEEL_LOG_LEVEL) < command-line flags. This is the only module that reads the environment.
+KEEL_LOG_LEVEL, KEEL_ADMIN_KEY) < command-line flags. This is the only module that reads the
+environment.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keel.errors import ConfigError
+from keel.governance.config import AuthConfig, QuotaConfig, ResidencyConfig
+from keel.governance.guardrails.config import GuardrailsConfig, PiiConfig
 
 __all__ = [
     "DeploymentConfig",
@@ -250,6 +253,11 @@ class Settings(_Section):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    quotas: QuotaConfig = Field(default_factory=QuotaConfig)
+    residency: ResidencyConfig = Field(default_factory=ResidencyConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     config_file: Path | None = None
 
@@ -318,6 +326,7 @@ class _Environment(BaseSettings):
     host: str | None = None
     port: int | None = None
     log_level: str | None = None
+    admin_key: str | None = None
 
 
 def load_settings(
@@ -334,6 +343,11 @@ def load_settings(
     ):
         if value is not None:
             raw[key] = str(value)
+    if env.admin_key:
+        auth = raw.get("auth") or {}
+        if not isinstance(auth, dict):
+            raise ConfigError(f"{path}: auth: must be a mapping")
+        raw["auth"] = {**auth, "admin_key": env.admin_key}
     given = {"host": host or env.host, "port": port or env.port, "log_level": env.log_level}
     server_overrides = {key: value for key, value in given.items() if value is not None}
     if server_overrides:

@@ -7,11 +7,15 @@
     │   └── ContextWindowExceededError   code=context_length_exceeded
     ├── AuthenticationError (401)
     ├── PermissionDeniedError (403)
+    │   └── ResidencyError               code=data_residency
+    ├── GuardrailError (400)             code=guardrail_blocked
     ├── NotFoundError (404)
     │   └── ModelNotFoundError           code=model_not_found
     ├── ConflictError (409)              the state changed or already exists
     ├── RequestTooLargeError (413)
     ├── RateLimitError (429)
+    │   └── QuotaExceededError           code=quota_exceeded; a Keel quota or budget, not upstream
+    ├── QuotaUnavailableError (503)      the shared quota store is down and the policy fails closed
     ├── ClientClosedRequestError (499)   the client went away; nothing can be sent back
     └── UpstreamError (502, upstream_error)
         ├── UpstreamConnectionError      could not reach the provider
@@ -34,13 +38,17 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "ContextWindowExceededError",
+    "GuardrailError",
     "InvalidRequestError",
     "KeelError",
     "ModelNotFoundError",
     "NotFoundError",
     "PermissionDeniedError",
+    "QuotaExceededError",
+    "QuotaUnavailableError",
     "RateLimitError",
     "RequestTooLargeError",
+    "ResidencyError",
     "UnsupportedParameterError",
     "UpstreamAuthError",
     "UpstreamBadResponseError",
@@ -109,6 +117,18 @@ class PermissionDeniedError(KeelError):
     error_type = "permission_error"
 
 
+class ResidencyError(PermissionDeniedError):
+    default_code = "data_residency"
+
+
+class GuardrailError(KeelError):
+    """A guardrail blocked the request or the answer."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    default_code = "guardrail_blocked"
+
+
 class NotFoundError(KeelError):
     status_code = 404
     error_type = "invalid_request_error"
@@ -135,6 +155,16 @@ class RateLimitError(KeelError):
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+
+
+class QuotaExceededError(RateLimitError):
+    default_code = "quota_exceeded"
+
+
+class QuotaUnavailableError(KeelError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "quota_unavailable"
 
 
 class ClientClosedRequestError(KeelError):

@@ -13,14 +13,18 @@ import httpx
 import pytest
 import typer
 import yaml
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from typer.testing import CliRunner
 
 from keel.cli.registry_commands import app as registry_cli
 from keel.cli.registry_commands import lineage as lineage_command
+from keel.governance.access import Access
+from keel.governance.config import AuthConfig
+from keel.governance.directory import Directory
 from keel.registry.service import Registry
 from keel.sdk import Keel, KeelAPIError
 from keel.sdk.registry import RegistryAPI, parse_gate
+from keel.server.access import authorized
 from keel.server.errors import install_error_handlers
 from keel.server.routes import registry as routes
 from keel.store import Database
@@ -56,17 +60,27 @@ def card(**overrides: Any) -> dict[str, Any]:
     return data | overrides
 
 
+class AuditEntries(list[tuple[str, Any]]):
+    def record(self, action: str, **fields: Any) -> None:
+        self.append((action, fields))
+
+
 def registry_app(home: Path) -> tuple[FastAPI, list[str]]:
-    """The registry routes on a bare app, with the same error handlers as Keel's."""
+    """The registry routes on a bare app, with the same error handlers and access checks as
+    Keel's (open mode: the local user, who may act as others through x-keel-actor)."""
     database = Database(f"sqlite:///{home / 'keel.db'}")
     database.migrate()
     changes: list[str] = []
     app = FastAPI()
     install_error_handlers(app)
-    app.include_router(routes.router)
-    app.include_router(routes.lineage_router)
+    guarded = [Depends(authorized)]
+    app.include_router(routes.router, dependencies=guarded)
+    app.include_router(routes.lineage_router, dependencies=guarded)
     app.state.keel = SimpleNamespace(
-        registry=Registry(database), registry_changed=lambda: changes.append("changed")
+        registry=Registry(database),
+        registry_changed=lambda: changes.append("changed"),
+        access=Access(Directory(database), AuthConfig(), host="127.0.0.1"),
+        audit=AuditEntries(),
     )
     return app, changes
 

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import typer
 
-from keel.cli import client_commands, registry_commands, serve
+from keel.cli import (
+    audit_commands,
+    client_commands,
+    governance_commands,
+    registry_commands,
+    serve,
+)
 
 __all__ = ["app", "main"]
 
@@ -20,6 +26,13 @@ app.command("requests")(client_commands.requests)
 app.command("deployments")(client_commands.deployments)
 app.add_typer(registry_commands.app, name="registry")
 app.command("lineage")(registry_commands.lineage)
+app.add_typer(governance_commands.users_app, name="users")
+app.add_typer(governance_commands.teams_app, name="teams")
+app.add_typer(governance_commands.orgs_app, name="orgs")
+app.add_typer(governance_commands.keys_app, name="keys")
+app.command("usage")(governance_commands.usage)
+app.command("whoami")(governance_commands.whoami)
+app.add_typer(audit_commands.app, name="audit")
 app.command("version")(client_commands.version)
 
 

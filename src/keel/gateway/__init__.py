@@ -2,6 +2,6 @@
 
 from keel.gateway.call import Call
 from keel.gateway.pricing import PriceTable, Usage
-from keel.gateway.service import BodySource, Gateway, Policy, Reply
+from keel.gateway.service import BodySource, Gateway, Governance, Reply
 
-__all__ = ["BodySource", "Call", "Gateway", "Policy", "PriceTable", "Reply", "Usage"]
+__all__ = ["BodySource", "Call", "Gateway", "Governance", "PriceTable", "Reply", "Usage"]

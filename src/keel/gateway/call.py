@@ -15,7 +15,12 @@ from keel.routing import AttemptTrace
 
 if TYPE_CHECKING:
     from keel.gateway.caching import CachePlan
+    from keel.governance.guardrails import Screening
+    from keel.governance.policy import Residency
+    from keel.governance.quotas import Reservation
+    from keel.identity import Actor
     from keel.providers import Provider
+    from keel.registry.view import ResolvedModel
 
 __all__ = ["CLIENT_CLOSED_REQUEST", "Call"]
 
@@ -47,6 +52,11 @@ class Call:
     cache_plan: CachePlan | None = None
     cache_status: str | None = None  # "hit" or "miss" for cacheable requests
     registry_version: str | None = None  # "name@3" when the model came from the registry
+    resolved: ResolvedModel | None = None
+    actor: Actor | None = None
+    residency: Residency | None = None
+    screening: Screening | None = None
+    reservation: Reservation | None = None
 
     @property
     def provider(self) -> Provider | None:
@@ -115,10 +125,21 @@ class Call:
             "cached_tokens": usage.cached_tokens if usage else None,
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
             "cost_usd": self.cost_usd,
-            "caller": _text(self.caller, 255),
+            "caller": _text(self.actor.name if self.actor else self.caller, 255),
+            "team": _text(self.actor.team, 128) if self.actor else None,
+            "key_id": self.actor.key_id if self.actor else None,
+            "environment": self.actor.environment if self.actor else None,
+            "guardrails": self._guardrail_decisions(),
             "attempts": self.trace.attempts,
             "cache": self.cache_status,
         }
+
+    def _guardrail_decisions(self) -> list[dict[str, Any]] | None:
+        if self.screening is not None:
+            return self.screening.decisions or None
+        # A blocked input never produced a screening; the error carries what was decided.
+        decisions: list[dict[str, Any]] | None = getattr(self.error, "decisions", None)
+        return decisions or None
 
 
 def _text(value: str | None, size: int) -> str | None:

@@ -1,38 +1,47 @@
 """The request path. Every inference call goes through `Gateway`, and reads in the order things
-happen: parse → identity and policy → route → call upstream → account → record → respond.
+happen: parse → admit the caller to the model → route (registry, residency) → screen the input
+(guardrails, PII) → reserve quota → cache → call upstream → screen the output → account →
+settle quota → record and audit → respond. The caller was authenticated before it got here.
 
-Nothing here waits on the database: records go to the batched recorder.
+Nothing here waits on the database: records and audit entries go to batched writers, and every
+policy reads an in-memory snapshot.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from keel.cache import assemble, replay, take_cache_field
 from keel.errors import InvalidRequestError, KeelError, UpstreamBadResponseError
-from keel.gateway.caching import ResponseCaching
+from keel.gateway.caching import CachePlan, ResponseCaching
 from keel.gateway.call import CLIENT_CLOSED_REQUEST, Call
 from keel.gateway.legacy import chat_request_for, text_chunks, text_completion_for
 from keel.gateway.pricing import PriceTable, Usage
+from keel.gateway.screening import StreamScreen
 from keel.gateway.sse import DONE, encode_error, encode_event
 from keel.registry.enforce import enforce_card_limits
 from keel.routing import failure_kind
 from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
+    from keel.governance.audit import AuditLog
+    from keel.governance.guardrails import Guardrails
+    from keel.governance.policy import RequestPolicy
+    from keel.governance.quotas import Quotas
     from keel.providers import Provider
     from keel.registry.view import RegistryView
     from keel.routing import Capability, ModelGroup, Router
     from keel.store import RequestRecorder
 
-__all__ = ["BodySource", "Gateway", "Policy", "Reply"]
+__all__ = ["BodySource", "Gateway", "Governance", "Reply"]
 
 log = logging.getLogger("keel.gateway")
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -40,10 +49,14 @@ T = TypeVar("T")
 Opened = tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]
 
 
-class Policy(Protocol):
-    """A check between parsing and routing (identity, quotas, guardrails plug in here)."""
+@dataclass(slots=True)
+class Governance:
+    """What the request path consults besides routing; each part is optional."""
 
-    async def check(self, call: Call, request: BaseModel) -> None: ...
+    policy: RequestPolicy | None = None
+    quotas: Quotas | None = None
+    guardrails: Guardrails | None = None
+    audit: AuditLog | None = None
 
 
 BodySource = Callable[[], Awaitable[bytes]]
@@ -62,24 +75,26 @@ class Gateway:
         router: Router,
         recorder: RequestRecorder,
         prices: PriceTable,
-        policies: Sequence[Policy] = (),
         caching: ResponseCaching | None = None,
         registry: RegistryView | None = None,
+        governance: Governance | None = None,
     ) -> None:
         self.router = router
         self.recorder = recorder
         self.prices = prices
-        self.policies = list(policies)
         self.caching = caching or ResponseCaching(None)
         self.registry = registry
+        self.governance = governance or Governance()
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def chat_completions(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
             request = await self._parse(ChatCompletionRequest, body, call)
             cache_control = self.caching.control(request, call.request_headers)
-            await self._apply_policies(call, request)
             group = self._route(call, request, "chat")
-            call.cache_plan = self.caching.plan(group, request, cache_control, call.caller)
+            await self._screen_input(call, request, group)
+            await self._reserve(call, request, group)
+            call.cache_plan = self._cache_plan(call, group, request, cache_control)
             if call.cache_plan is not None:
                 cached = await self.caching.lookup(call.cache_plan)
                 call.cache_status = "miss" if cached is None else "hit"
@@ -99,6 +114,7 @@ class Gateway:
                 return provider.chat(request)
 
             response = await self._attempt(call, group, complete)
+            await self._screen_output(call, response)
             self.caching.store(call.cache_plan, response)
             return self._respond(call, response)
 
@@ -106,8 +122,9 @@ class Gateway:
         async with self._recorded(call):
             request = await self._parse(CompletionRequest, body, call)
             take_cache_field(request)  # only chat completions are cached; never forward it
-            await self._apply_policies(call, request)
             group = self._route(call, request, "completions")
+            await self._screen_input(call, request, group)
+            await self._reserve(call, request, group)
             wants_usage = bool(request.stream_options and request.stream_options.include_usage)
             if request.stream:
 
@@ -128,14 +145,17 @@ class Gateway:
                 provider.check_chat_request(chat_request)
                 return text_completion_for(await provider.chat(chat_request))
 
-            return self._respond(call, await self._attempt(call, group, complete))
+            response = await self._attempt(call, group, complete)
+            await self._screen_output(call, response)
+            return self._respond(call, response)
 
     async def embeddings(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
             request = await self._parse(EmbeddingRequest, body, call)
             take_cache_field(request)
-            await self._apply_policies(call, request)
             group = self._route(call, request, "embeddings")
+            await self._screen_input(call, request, group)
+            await self._reserve(call, request, group)
             response = await self._attempt(call, group, lambda provider: provider.embed(request))
             return self._respond(call, response)
 
@@ -151,10 +171,6 @@ class Gateway:
         call.stream = bool(getattr(request, "stream", False))
         return request
 
-    async def _apply_policies(self, call: Call, request: BaseModel) -> None:
-        for policy in self.policies:
-            await policy.check(call, request)
-
     def _route(
         self,
         call: Call,
@@ -162,11 +178,17 @@ class Gateway:
         capability: Capability,
     ) -> ModelGroup:
         """The group serving `request.model`: a gateway model id, or a registry reference
-        (`name`, `name@alias`, `name@3`) whose card's constraints the request must meet."""
+        (`name`, `name@alias`, `name@3`) whose card's constraints the request must meet; the
+        caller must be allowed that model, and its data that group's regions."""
         model = request.model
+        policy = self.governance.policy
+        if policy is not None and call.actor is not None:
+            policy.admit_model(call.actor, model)
         if self.registry is not None and not self.router.has(model):
             resolved = self.registry.resolve(model)
             if resolved is not None:
+                if policy is not None and call.actor is not None:
+                    policy.admit_stage(call.actor, resolved)
                 enforce_card_limits(resolved, request)
                 if resolved.gateway_model is None:
                     raise InvalidRequestError(
@@ -175,10 +197,49 @@ class Gateway:
                         param="model",
                     )
                 call.registry_version = f"{resolved.name}@{resolved.version}"
+                call.resolved = resolved
                 model = resolved.gateway_model
         group = self.router.resolve(model, capability)
         call.group = group.id
+        if policy is not None and call.actor is not None:
+            call.residency = policy.residency_for(call.actor)
+            if call.residency is not None:
+                policy.check_residency(call.residency, group, self.router)
         return group
+
+    async def _screen_input(self, call: Call, request: BaseModel, group: ModelGroup) -> None:
+        guardrails = self.governance.guardrails
+        if guardrails is None or not guardrails.active:
+            return
+        external = any(not d.provider.is_local for d in group.deployments)
+        actor = call.actor
+        call.screening = await guardrails.screen_request(
+            request, team=actor.team if actor else None, model=group.id, external=external
+        )
+
+    async def _screen_output(self, call: Call, response: dict[str, Any]) -> None:
+        guardrails = self.governance.guardrails
+        if guardrails is not None and call.screening is not None:
+            await guardrails.screen_response(call.screening, response)
+
+    async def _reserve(self, call: Call, request: BaseModel, group: ModelGroup) -> None:
+        policy, quotas = self.governance.policy, self.governance.quotas
+        if policy is None or quotas is None or call.actor is None:
+            return
+        limits = policy.limits_for(call.actor, group.id, call.resolved)
+        if limits:
+            estimate = policy.estimate(request, group)
+            call.reservation = await quotas.reserve(
+                limits, tokens=estimate.tokens, usd=estimate.usd
+            )
+
+    def _cache_plan(
+        self, call: Call, group: ModelGroup, request: ChatCompletionRequest, control: Any
+    ) -> CachePlan | None:
+        if call.screening is not None and call.screening.pseudonyms:
+            # The answer holds this caller's restored values: never store or share it.
+            return None
+        return self.caching.plan(group, request, control, call.caller)
 
     async def _attempt(
         self,
@@ -192,7 +253,10 @@ class Gateway:
         A stream keeps its deployment's in-flight slot until `_relay` ends it."""
         started = time.perf_counter()
         try:
-            return await self.router.execute(group, invoke, call.trace, hold=stream)
+            regions = call.residency.regions if call.residency is not None else None
+            return await self.router.execute(
+                group, invoke, call.trace, hold=stream, regions=regions
+            )
         finally:
             call.upstream_s += time.perf_counter() - started
 
@@ -252,9 +316,12 @@ class Gateway:
         completed = False
         storing = call.cache_plan is not None and call.cache_status != "hit"
         relayed: list[dict[str, Any]] = []
+        screen = StreamScreen.open(self.governance.guardrails, call)
         try:
             chunk: dict[str, Any] | None = first
             while chunk is not None:
+                if screen is not None:
+                    screen.restore(chunk)
                 if storing:
                     relayed.append(dict(chunk))
                 if "usage" in chunk:
@@ -270,6 +337,11 @@ class Gateway:
                 elif include_usage and "usage" in chunk:
                     yield encode_event(chunk)
                 chunk = await anext(rest, None)
+            if screen is not None:
+                tail = screen.finish()
+                if tail is not None:
+                    yield encode_event(tail)
+                await screen.check_output()
             completed = True
             if storing:
                 self.caching.store(call.cache_plan, assemble(relayed))
@@ -299,7 +371,7 @@ class Gateway:
             except Exception:
                 log.exception("finishing stream %s failed", call.request_id)
             finally:
-                self.recorder.add(call.record())
+                self._finish(call)
 
     def _end_stream(self, call: Call) -> None:
         deployment = call.trace.deployment
@@ -313,24 +385,81 @@ class Gateway:
 
     @asynccontextmanager
     async def _recorded(self, call: Call) -> AsyncIterator[None]:
-        """Record the call exactly once: here, unless a stream took over the recording."""
+        """Finish the call exactly once: here, unless a stream took over the finishing."""
         try:
             yield
         except KeelError as exc:
             call.fail(exc)
-            self.recorder.add(call.record())
+            self._finish(call)
             raise
         except Exception:
             call.status_code = 500
-            self.recorder.add(call.record())
+            self._finish(call)
             raise
         except BaseException:
             # Cancelled (the client went away, or a shutdown ran out of grace): still one record.
             call.status_code = CLIENT_CLOSED_REQUEST
-            self.recorder.add(call.record())
+            self._finish(call)
             raise
         if not call.stream:
-            self.recorder.add(call.record())
+            self._finish(call)
+
+    def _finish(self, call: Call) -> None:
+        """Settle the quota reservation, then write the record and the audit entry; all of it
+        off the request path."""
+        self._settle(call)
+        record = call.record()
+        self.recorder.add(record)
+        audit = self.governance.audit
+        if audit is not None:
+            audit.record(
+                f"inference.{call.endpoint}",
+                actor=call.actor,
+                target=call.registry_version or call.group or call.model_requested,
+                outcome=str(call.status_code),
+                request_id=call.request_id,
+                detail=_audit_detail(record),
+            )
+
+    def _settle(self, call: Call) -> None:
+        quotas, reservation = self.governance.quotas, call.reservation
+        if quotas is None or reservation is None:
+            return
+        call.reservation = None
+        if call.trace.attempts == 0 and call.cache_status != "hit" and call.error is not None:
+            # Refused before any provider was asked: the request doesn't count either.
+            settling = quotas.release(reservation)
+        else:
+            usage = call.usage
+            tokens = usage.prompt_tokens + usage.completion_tokens if usage else 0
+            settling = quotas.settle(reservation, tokens=tokens, usd=call.cost_usd or 0.0)
+        task = asyncio.get_running_loop().create_task(settling)
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("settling a quota reservation failed: %r", task.exception())
+
+
+def _audit_detail(record: dict[str, Any]) -> dict[str, Any]:
+    """The call's metadata for the audit log: never its content."""
+    return {
+        name: record[name]
+        for name in (
+            "deployment",
+            "stream",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost_usd",
+            "cache",
+            "error_type",
+            "guardrails",
+            "latency_ms",
+        )
+        if record.get(name) is not None
+    }
 
 
 async def _iterate(chunks: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

@@ -86,6 +86,7 @@ async def execute(
     trace: AttemptTrace,
     *,
     hold: bool = False,
+    regions: frozenset[str] | None = None,
 ) -> T:
     """Run `invoke` on the group's deployments until one answers. With `hold`, the answering
     deployment keeps the request counted in flight until `stream_ended` is reported."""
@@ -96,7 +97,7 @@ async def execute(
         current = group if queue[0] == group.id else resolve(queue[0])
         queue.pop(0)
         try:
-            return await _run_group(current, invoke, trace, deadline, hold)
+            return await _run_group(current, invoke, trace, deadline, hold, regions)
         except _Redirect as redirect:
             last_error = redirect.error
             queue = [redirect.target]
@@ -129,9 +130,11 @@ async def _run_group(
     trace: AttemptTrace,
     deadline: float,
     hold: bool,
+    regions: frozenset[str] | None,
 ) -> T:
     tried: list[str] = []
-    refused_key: set[str] = set()  # the same key fails the same way: never retried
+    # The same key fails the same way: never retried. Out-of-region deployments never run.
+    refused_key: set[str] = _outside(group, regions)
     last_error: KeelError | None = None
     for attempt in range(group.retry.max_attempts):
         deployment = group.choose(tried, exclude=refused_key)
@@ -193,6 +196,16 @@ async def _run_group(
         trace.tried.append((deployment.id, "ok"))
         return result
     raise _Exhausted(last_error)
+
+
+def _outside(group: ModelGroup, regions: frozenset[str] | None) -> set[str]:
+    if regions is None:
+        return set()
+    return {
+        d.id
+        for d in group.deployments
+        if not d.provider.is_local and d.provider.config.region not in regions
+    }
 
 
 def _special_fallback(group: ModelGroup, error: KeelError) -> str | None:

@@ -159,8 +159,11 @@ class Router:
         trace: AttemptTrace,
         *,
         hold: bool = False,
+        regions: frozenset[str] | None = None,
     ) -> T:
-        return await execute(group, invoke, self.group, trace, hold=hold)
+        """Run `invoke` through retries and fallbacks; with `regions`, only on deployments in
+        those regions (local deployments always qualify: no data leaves the machine)."""
+        return await execute(group, invoke, self.group, trace, hold=hold, regions=regions)
 
     def describe(self, model: str) -> dict[str, Any]:
         return self._card(self.group(model))

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from keel.sdk.audit import AuditAPI
+from keel.sdk.governance import GovernanceAPI
 from keel.sdk.registry import RegistryAPI
 
 __all__ = ["Keel", "KeelAPIError", "KeelConnectionError"]
@@ -58,6 +60,8 @@ class Keel:
             base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
         )
         self.registry = RegistryAPI(self._request, http=self._http)
+        self.governance = GovernanceAPI(self._request)
+        self.audit = AuditAPI(self._request, http=self._http)
 
     def __enter__(self) -> Keel:
         return self

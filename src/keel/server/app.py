@@ -6,13 +6,16 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from keel import __version__
 from keel.config import Settings
+from keel.errors import ConfigError
+from keel.governance.access import is_loopback
 from keel.routing.router import check_deployments
+from keel.server.access import authorized
 from keel.server.errors import install_error_handlers
-from keel.server.routes import inference, operations, registry
+from keel.server.routes import audit, governance, inference, operations, registry
 from keel.server.services import running_services
 from keel.server.timing import ArrivalTime
 
@@ -24,6 +27,13 @@ def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
     which only the owner of the process should do."""
     # Configuration mistakes surface here, before a socket is bound.
     check_deployments(settings)
+    if settings.auth.required is False and (
+        settings.auth.admin_key is not None or not is_loopback(settings.server.host)
+    ):
+        raise ConfigError(
+            f"auth.required: false is allowed only on a loopback bind without an admin key "
+            f"(host is {settings.server.host})"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,8 +55,14 @@ def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
     )
     app.add_middleware(ArrivalTime)
     install_error_handlers(app)
+    # The inference routes authenticate inline (no dependency injection on the hot path);
+    # every other route goes through the permission matrix here.
     app.include_router(inference.router)
-    app.include_router(operations.router)
-    app.include_router(registry.router)
-    app.include_router(registry.lineage_router)
+    guarded = [Depends(authorized)]
+    app.include_router(inference.models_router, dependencies=guarded)
+    app.include_router(operations.router, dependencies=guarded)
+    app.include_router(registry.router, dependencies=guarded)
+    app.include_router(registry.lineage_router, dependencies=guarded)
+    app.include_router(governance.router, dependencies=guarded)
+    app.include_router(audit.router, dependencies=guarded)
     return app

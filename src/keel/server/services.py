@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from fastapi import Request
@@ -16,8 +17,18 @@ from keel.config import Settings
 from keel.errors import ConfigError
 from keel.gateway import Gateway, PriceTable
 from keel.gateway.caching import ResponseCaching
+from keel.gateway.service import Governance
+from keel.governance.access import Access
+from keel.governance.audit import AuditLog
+from keel.governance.bootstrap import bootstrap_admin
+from keel.governance.directory import Directory
+from keel.governance.guardrails import Guardrails
+from keel.governance.oidc import OidcVerifier
+from keel.governance.policy import RequestPolicy
+from keel.governance.quotas import Quotas, build_quotas
 from keel.registry import Registry, RegistryView
-from keel.routing import Router, build_router
+from keel.routing import AttemptTrace, Router, build_router
+from keel.schemas import ChatCompletionRequest
 from keel.store import Database, RequestRecorder
 
 __all__ = ["Services", "running_services", "services"]
@@ -35,6 +46,12 @@ class Services:
     http: aiohttp.ClientSession
     registry: Registry
     registry_view: RegistryView
+    directory: Directory
+    access: Access
+    audit: AuditLog
+    quotas: Quotas
+    policy: RequestPolicy
+    guardrails: Guardrails
     warmup: asyncio.Task[None] | None = None
 
     def registry_changed(self) -> None:
@@ -53,12 +70,6 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     database = Database(settings.effective_database_url)
     await asyncio.to_thread(database.migrate)
-    recorder = RequestRecorder(
-        database,
-        batch_size=settings.server.record_batch_size,
-        flush_interval_s=settings.server.record_flush_interval_s,
-    )
-    await recorder.start()
     http = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=300),
         # Keel's own calls must not pick up proxies or credentials from the environment.
@@ -66,16 +77,56 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     )
     prices = PriceTable(settings.prices)
     router = build_router(settings, http, prices)
+    guardrails = Guardrails(settings.pii, settings.guardrails, chat=_gateway_chat(router))
+    recorder = RequestRecorder(
+        database,
+        batch_size=settings.server.record_batch_size,
+        flush_interval_s=settings.server.record_flush_interval_s,
+        prepare=_masking_error_messages(guardrails),
+    )
+    await recorder.start()
+    audit = AuditLog(
+        database,
+        batch_size=settings.server.record_batch_size,
+        flush_interval_s=settings.server.record_flush_interval_s,
+    )
+    await audit.start()
+    directory = Directory(database)
+    oidc = OidcVerifier(settings.auth.oidc) if settings.auth.oidc else None
+    access = Access(directory, settings.auth, host=settings.server.host, oidc=oidc)
+    await access.start()
+    if access.required:
+        await bootstrap_admin(directory, access, settings, audit)
+    quotas = build_quotas(settings.redis_url, settings.quotas.failure_mode)
     caching = ResponseCaching(
         _build_caches(settings, router), semantic_default=settings.cache.semantic.enabled
     )
     registry = Registry(database, approvals_required=settings.registry.approvals_required)
     registry_view = RegistryView(registry, refresh_interval_s=settings.registry.refresh_interval_s)
     await registry_view.start()
-    gateway = Gateway(router, recorder, prices, caching=caching, registry=registry_view)
-    running = Services(settings, database, recorder, router, gateway, http, registry, registry_view)
+    policy = RequestPolicy(access, settings.quotas, settings.residency, prices)
+    governance = Governance(policy, quotas, guardrails, audit)
+    gateway = Gateway(
+        router, recorder, prices, caching=caching, registry=registry_view, governance=governance
+    )
+    running = Services(
+        settings,
+        database,
+        recorder,
+        router,
+        gateway,
+        http,
+        registry,
+        registry_view,
+        directory,
+        access,
+        audit,
+        quotas,
+        policy,
+        guardrails,
+    )
     if settings.local_models.preload:
-        running.warmup = asyncio.create_task(_warm_up(router))
+        running.warmup = asyncio.create_task(_warm_up(router, guardrails))
     try:
         yield running
     finally:
@@ -83,11 +134,25 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             running.warmup.cancel()
         await registry_view.close()
         await caching.close()
+        await access.close()
+        await quotas.aclose()
         await recorder.stop()
+        await audit.stop()
         for provider in router.providers:
             await provider.aclose()
         await http.close()
         database.dispose()
+
+
+def _masking_error_messages(guardrails: Guardrails) -> Callable[[dict[str, Any]], None]:
+    """Error messages can quote a prompt back (a provider's 400 often does): what is stored
+    goes through the PII store policy, in the recorder's thread."""
+
+    def prepare(record: dict[str, Any]) -> None:
+        if record.get("error_message"):
+            record["error_message"] = guardrails.mask_for_storage(record["error_message"])
+
+    return prepare
 
 
 def _build_caches(settings: Settings, router: Router) -> Caches | None:
@@ -118,11 +183,34 @@ def _build_caches(settings: Settings, router: Router) -> Caches | None:
     )
 
 
-async def _warm_up(router: Router) -> None:
-    """Load local models in the background so the first request doesn't pay for it."""
+def _gateway_chat(router: Router) -> Callable[[str, list[dict[str, Any]]], Awaitable[str]]:
+    """Model-based guardrails (a toxicity or Llama-Guard-style classifier) call a model through
+    the gateway's own router: retries, fallbacks and health apply to them too."""
+
+    async def chat(model: str, messages: list[dict[str, Any]]) -> str:
+        group = router.resolve(model, "chat")
+        request = ChatCompletionRequest.model_validate(
+            {"model": model, "messages": messages, "temperature": 0, "max_tokens": 16}
+        )
+        response = await router.execute(
+            group, lambda provider: provider.chat(request), AttemptTrace()
+        )
+        content = response["choices"][0]["message"].get("content")
+        return content if isinstance(content, str) else ""
+
+    return chat
+
+
+async def _warm_up(router: Router, guardrails: Guardrails) -> None:
+    """Load local models and the PII analyzer in the background, so the first request doesn't
+    pay for them."""
     for provider in router.providers:
         if provider.is_local:
             try:
                 await provider.start()
             except Exception:
                 log.exception("could not load local model %s", provider.config.id)
+    try:
+        await asyncio.to_thread(guardrails.load)
+    except Exception:
+        log.exception("could not load the PII analyzer")

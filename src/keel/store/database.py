@@ -55,10 +55,21 @@ class Database:
         with self.engine.begin() as connection:
             connection.execute(request_records.insert(), rows)
 
-    def recent_records(self, limit: int = 50, model: str | None = None) -> list[dict[str, Any]]:
+    def recent_records(
+        self,
+        limit: int = 50,
+        model: str | None = None,
+        *,
+        team: str | None = None,
+        caller: str | None = None,
+    ) -> list[dict[str, Any]]:
         query = select(request_records).order_by(request_records.c.created_at.desc()).limit(limit)
         if model is not None:
             query = query.where(request_records.c.model_requested == model)
+        if team is not None:
+            query = query.where(request_records.c.team == team)
+        if caller is not None:
+            query = query.where(request_records.c.caller == caller)
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 

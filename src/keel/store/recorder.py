@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.exc import DataError, IntegrityError
@@ -24,9 +25,17 @@ log = logging.getLogger("keel.store")
 
 class RequestRecorder:
     def __init__(
-        self, database: Database, *, batch_size: int = 500, flush_interval_s: float = 0.2
+        self,
+        database: Database,
+        *,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.2,
+        prepare: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        """`prepare` changes a record in place before it is stored (PII masking of error
+        messages, say); it runs in the writer's thread, never on the request path."""
         self._database = database
+        self._prepare = prepare
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._queue: deque[dict[str, Any]] = deque()
@@ -64,6 +73,15 @@ class RequestRecorder:
         if self._queue:
             log.error("request recorder stopped with %d records unwritten", len(self._queue))
 
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        if self._prepare is not None:
+            for row in rows:
+                try:
+                    self._prepare(row)
+                except Exception:
+                    log.exception("preparing request record %s failed", row.get("id"))
+        self._database.insert_records(rows)
+
     def _insert_one_by_one(self, rows: list[dict[str, Any]]) -> int:
         written = 0
         for row in rows:
@@ -90,7 +108,7 @@ class RequestRecorder:
                 continue
             batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
             try:
-                await asyncio.to_thread(self._database.insert_records, batch)
+                await asyncio.to_thread(self._write, batch)
             except (DataError, IntegrityError):
                 # One bad row must not hold up every record behind it: write the rows one by
                 # one and drop only those the database refuses.

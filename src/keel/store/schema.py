@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Column,
     DateTime,
@@ -43,6 +44,11 @@ request_records = Table(
     Column("caller", String(255)),
     Column("attempts", Integer, nullable=False, default=0),
     Column("cache", String(16)),
+    Column("team", String(128)),
+    Column("key_id", String(40)),
+    Column("environment", String(16)),
+    Column("guardrails", JSON),
     Index("ix_request_records_created_at", "created_at"),
     Index("ix_request_records_model_requested", "model_requested"),
+    Index("ix_request_records_team", "team"),
 )

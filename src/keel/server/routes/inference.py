@@ -12,15 +12,18 @@ from starlette.responses import Response, StreamingResponse
 
 from keel.errors import KeelError
 from keel.gateway import BodySource, Call, Gateway, Reply
+from keel.identity import Actor
 from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from keel.server.access import authenticate_inference
 from keel.server.body import read_body
 from keel.server.errors import error_response
 from keel.server.services import Services, services
 from keel.server.timing import ARRIVAL_KEY
 
-__all__ = ["router"]
+__all__ = ["models_router", "router"]
 
 router = APIRouter(prefix="/v1", tags=["inference"])
+models_router = APIRouter(prefix="/v1", tags=["inference"])
 
 Handler = Callable[[Gateway, BodySource, Call], Awaitable[Reply]]
 
@@ -35,7 +38,7 @@ def _body_doc(schema: Any) -> dict[str, Any]:
     }
 
 
-async def _serve(request: Request, endpoint: str, handler: Handler) -> Response:
+async def _serve(request: Request, endpoint: str, path: str, handler: Handler) -> Response:
     keel: Services = request.app.state.keel
     call = Call(
         endpoint=endpoint,
@@ -44,6 +47,8 @@ async def _serve(request: Request, endpoint: str, handler: Handler) -> Response:
     )
     limit = keel.settings.server.max_request_body_bytes
     try:
+        call.actor = await authenticate_inference(keel, request, "inference", f"POST /v1/{path}")
+        call.caller = _cache_scope(call.actor)
         reply = await handler(keel.gateway, lambda: read_body(request, limit), call)
     except KeelError as exc:
         return error_response(exc, call.headers())
@@ -62,24 +67,32 @@ async def _serve(request: Request, endpoint: str, handler: Handler) -> Response:
 # and resolving dependencies was a measurable share of it.
 @router.post("/chat/completions", openapi_extra=_body_doc(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
-    return await _serve(request, "chat.completions", Gateway.chat_completions)
+    return await _serve(request, "chat.completions", "chat/completions", Gateway.chat_completions)
 
 
 @router.post("/completions", openapi_extra=_body_doc(CompletionRequest))
 async def completions(request: Request) -> Response:
-    return await _serve(request, "completions", Gateway.completions)
+    return await _serve(request, "completions", "completions", Gateway.completions)
 
 
 @router.post("/embeddings", openapi_extra=_body_doc(EmbeddingRequest))
 async def embeddings(request: Request) -> Response:
-    return await _serve(request, "embeddings", Gateway.embeddings)
+    return await _serve(request, "embeddings", "embeddings", Gateway.embeddings)
 
 
-@router.get("/models")
+def _cache_scope(actor: Actor) -> str | None:
+    """Cached answers are shared within a team (or by one user without a team), never across;
+    the open local mode has one user, so one shared scope."""
+    if actor.kind == "local":
+        return None
+    return f"team:{actor.team}" if actor.team else f"user:{actor.name}"
+
+
+@models_router.get("/models")
 async def list_models(keel: Services = Depends(services)) -> dict[str, Any]:
     return {"object": "list", "data": keel.router.list_models()}
 
 
-@router.get("/models/{model_id:path}")
+@models_router.get("/models/{model_id:path}")
 async def get_model(model_id: str, keel: Services = Depends(services)) -> dict[str, Any]:
     return keel.router.describe(model_id)

@@ -6,10 +6,13 @@ import asyncio
 from datetime import UTC
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import JSONResponse
 
 from keel.errors import NotFoundError
+from keel.governance.permissions import role_allows
+from keel.identity import Actor
+from keel.server.access import current_actor
 from keel.server.services import Services, services
 
 __all__ = ["router"]
@@ -51,17 +54,37 @@ async def list_deployments(keel: Services = Depends(services)) -> dict[str, Any]
 
 @router.get("/v1/keel/requests")
 async def list_requests(
+    request: Request,
     keel: Services = Depends(services),
     limit: int = Query(50, ge=1, le=1000),
     model: str | None = Query(None, max_length=255),
 ) -> dict[str, Any]:
-    rows = await asyncio.to_thread(keel.database.recent_records, limit, model)
+    """Recent records: everyone's for maintainers and admins, your team's (or your own,
+    without a team) for the other roles."""
+    team, caller = _visible_to(current_actor(request))
+    rows = await asyncio.to_thread(
+        lambda: keel.database.recent_records(limit, model, team=team, caller=caller)
+    )
     return {"object": "list", "data": [_public(row) for row in rows]}
 
 
+def _visible_to(actor: Actor) -> tuple[str | None, str | None]:
+    if role_allows(actor.role, "directory.read"):
+        return None, None
+    return (actor.team, None) if actor.team else (None, actor.name)
+
+
 @router.get("/v1/keel/requests/{request_id}")
-async def get_request(request_id: str, keel: Services = Depends(services)) -> dict[str, Any]:
+async def get_request(
+    request: Request, request_id: str, keel: Services = Depends(services)
+) -> dict[str, Any]:
     row = await asyncio.to_thread(keel.database.get_record, request_id)
+    team, caller = _visible_to(current_actor(request))
+    if row is not None and (
+        (team is not None and row["team"] != team)
+        or (caller is not None and row["caller"] != caller)
+    ):
+        row = None  # someone else's: as if it didn't exist
     if row is None:
         raise NotFoundError(f"no request record {request_id!r} (records are written in batches)")
     return _public(row)

@@ -27,7 +27,6 @@ from pydantic import (
 from starlette.responses import Response
 
 from keel.errors import ConflictError, InvalidRequestError
-from keel.identity import ROLES, Actor
 from keel.registry.cards import (
     MAX_NAME_LENGTH,
     CardDataError,
@@ -39,9 +38,10 @@ from keel.registry.cards import (
 )
 from keel.registry.models import EntityRef, GateOp, QualityGate, Stage
 from keel.registry.service import Registry
+from keel.server.access import audited, current_actor
 from keel.server.body import read_body
 
-__all__ = ["actor_from", "lineage_router", "router", "to_jsonable"]
+__all__ = ["lineage_router", "router", "to_jsonable"]
 
 router = APIRouter(prefix="/v1/keel/registry", tags=["registry"])
 lineage_router = APIRouter(prefix="/v1/keel/lineage", tags=["registry"])
@@ -70,34 +70,6 @@ _CARD_BODY_DOC: dict[str, Any] = {
         },
     }
 }
-
-
-# -- identity (temporary) ------------------------------------------------------------------
-
-
-def actor_from(request: Request) -> Actor:
-    """Who is calling, from the `x-keel-actor` (default "local") and `x-keel-roles` (comma
-    list, default "admin") headers.
-
-    TEMPORARY: Keel has no authentication yet, so these headers are trusted as sent (the server
-    binds to loopback by default). Authentication will replace this function; the `Actor` it
-    returns, and every consumer of it, stay as they are.
-    """
-    name = request.headers.get("x-keel-actor", "local").strip()
-    if not name or len(name) > 200:
-        raise InvalidRequestError(
-            "the x-keel-actor header must be 1 to 200 characters", param="x-keel-actor"
-        )
-    raw = request.headers.get("x-keel-roles", "admin")
-    roles = frozenset(role.strip() for role in raw.split(",") if role.strip())
-    unknown = sorted(roles - set(ROLES))
-    if unknown or not roles:
-        raise InvalidRequestError(
-            f"x-keel-roles: unknown role(s) {', '.join(unknown) or '(none given)'}; "
-            f"use a comma list of {', '.join(ROLES)}",
-            param="x-keel-roles",
-        )
-    return Actor(name, roles)
 
 
 # -- request bodies ------------------------------------------------------------------------
@@ -196,6 +168,13 @@ async def _write(request: Request, method: Callable[P, T], *args: P.args, **kwar
     changed = getattr(request.app.state.keel, "registry_changed", None)
     if changed is not None:
         changed()
+    action = f"registry.{method.__name__}"
+    detail = None
+    if kwargs.get("override_gates"):
+        # Overriding failed quality gates is the action reviewers most need to find later.
+        action, detail = "registry.approve_overriding_gates", {"override_gates": True}
+    target = "/".join(str(value) for value in request.path_params.values()) or None
+    audited(request, action, target, after=to_jsonable(result), detail=detail)
     return result
 
 
@@ -306,7 +285,7 @@ def _served_by_gateway(request: Request, name: str) -> bool:
 async def create_model(request: Request) -> Response:
     """Register a new model from its card: version 1."""
     card = await _card_from(request)
-    actor = actor_from(request)
+    actor = current_actor(request)
     _check_binding(request, card)
     if _served_by_gateway(request, card.name):
         # Gateway model ids win when a request names a model, so this card's limits would
@@ -331,7 +310,7 @@ async def list_models(request: Request, include_archived: bool = Query(False)) -
 async def add_version(request: Request, name: str = _NAME) -> Response:
     """A new version of `name` from a changed card."""
     card = await _card_from(request)
-    actor = actor_from(request)
+    actor = current_actor(request)
     _check_binding(request, card)
     record = await _write(request, _registry(request).add_version, name, card, actor)
     # An unchanged card makes no new version: nothing was created.
@@ -400,7 +379,7 @@ async def archive(
 ) -> Response:
     """Archive the model (no longer listed or served), or one of its versions."""
     version = body.version if body is not None else None
-    actor = actor_from(request)
+    actor = current_actor(request)
     result = await _write(request, _registry(request).archive, name, actor, version=version)
     return _json(result)
 
@@ -413,7 +392,7 @@ async def move_alias(
     request: Request, body: AliasMove, name: str = _NAME, alias: str = _ALIAS
 ) -> Response:
     """Point `alias` at a version; `expected_version` makes the move conditional."""
-    actor = actor_from(request)
+    actor = current_actor(request)
     result = await _write(
         request,
         _registry(request).move_alias,
@@ -461,7 +440,7 @@ async def alias_at(
 
 @router.post("/models/{name:path}/promotions", status_code=201)
 async def request_promotion(request: Request, body: PromotionBody, name: str = _NAME) -> Response:
-    actor = actor_from(request)
+    actor = current_actor(request)
     promotion = await _write(
         request,
         _registry(request).request_promotion,
@@ -491,7 +470,7 @@ async def approve(
 ) -> Response:
     """Approve (a different actor than the requester, maintainer or above)."""
     body = body or ApproveBody()
-    actor = actor_from(request)
+    actor = current_actor(request)
     result = await _write(
         request,
         _registry(request).approve,
@@ -508,7 +487,7 @@ async def reject(
     request: Request, promotion_id: str = _PROMOTION_ID, body: RejectBody | None = Body(None)
 ) -> Response:
     body = body or RejectBody()
-    actor = actor_from(request)
+    actor = current_actor(request)
     result = await _write(
         request, _registry(request).reject, promotion_id, actor, comment=body.comment
     )
@@ -520,7 +499,7 @@ async def set_gates(
     request: Request, gates: list[GateBody], name: str = _NAME, stage: Stage = Path(...)
 ) -> Response:
     """Replace the quality gates a version must pass to be promoted to `stage`."""
-    actor = actor_from(request)
+    actor = current_actor(request)
     quality = [QualityGate(**gate.model_dump()) for gate in gates]
     result = await _write(request, _registry(request).set_gates, name, stage, quality, actor)
     return _json({"model": name, "stage": stage, "gates": result})
@@ -533,7 +512,7 @@ async def record_evaluation(
     name: str = _NAME,
     version: int = Path(..., ge=1, le=MAX_VERSION),
 ) -> Response:
-    actor = actor_from(request)
+    actor = current_actor(request)
     result = await _write(
         request,
         _registry(request).record_evaluation,
@@ -561,7 +540,7 @@ async def get_model(request: Request, name: str = _NAME) -> Response:
 @lineage_router.post("/links", status_code=201)
 async def link(request: Request, body: LinkBody) -> Response:
     """Record that `downstream` was derived from `upstream` (a model version, dataset, run...)."""
-    actor = actor_from(request)
+    actor = current_actor(request)
     result = await _write(
         request,
         _registry(request).link,

@@ -1,0 +1,427 @@
+"""The tamper-evident audit log: who did what, to what, when, with what outcome.
+
+`record()` is all a caller does: it snapshots the entry (values made JSON, secrets dropped) and
+appends it to an in-memory queue; it never blocks and never raises. A background task writes
+batches in a worker thread. Each batch is one transaction that first takes the chain's lock,
+reads the newest entry's hash and chains the batch onto it, so replicas sharing a database
+append to one chain and never fork it. `verify()` walks the chain and names the first entry
+that was changed, removed or reordered. The chain itself lives in `keel.governance.audit_chain`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Text, cast, select, text
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
+
+from keel.governance.audit_chain import (
+    GENESIS_HASH,
+    ChainCheck,
+    VerifyResult,
+    entry_hash,
+    format_at,
+    redact,
+    to_json_value,
+)
+from keel.governance.tables import audit_log
+from keel.identity import Actor
+from keel.store.database import Database
+
+__all__ = ["AuditLog", "VerifyResult", "redact"]
+
+log = logging.getLogger("keel.audit")
+
+# pg_advisory_xact_lock key for "append to the audit chain" (the bytes of "keelaudt").
+CHAIN_LOCK_KEY = 0x6B65656C61756474
+PAGE_SIZE = 1000
+_JSON_COLUMNS = ("before", "after", "detail")
+# Text columns and their lengths (from keel/governance/tables.py): longer values are cut before
+# hashing, so the database never refuses an entry for its length.
+_LIMITS: dict[str, int] = {
+    name: int(getattr(audit_log.c[name].type, "length", None) or 255)
+    for name in (
+        "actor",
+        "actor_kind",
+        "key_id",
+        "team",
+        "action",
+        "target",
+        "outcome",
+        "source_ip",
+        "request_id",
+    )
+}
+_UNREADABLE = object()  # a stored JSON value that does not parse: it cannot hash as written
+
+
+class AuditLog:
+    def __init__(
+        self, database: Database, *, batch_size: int = 500, flush_interval_s: float = 0.2
+    ) -> None:
+        self._database = database
+        self._batch_size = batch_size
+        self._flush_interval_s = flush_interval_s
+        self._queue: deque[dict[str, Any]] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stopped = False
+        self.written = 0
+        self.dropped = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def record(
+        self,
+        action: str,
+        *,
+        actor: Actor | None,
+        target: str | None = None,
+        outcome: str = "ok",
+        before: Any = None,
+        after: Any = None,
+        detail: dict[str, Any] | None = None,
+        request_id: str | None = None,
+        source_ip: str | None = None,
+    ) -> None:
+        """Queue one entry. Safe from any thread; never blocks, never raises."""
+        try:
+            entry = _entry(
+                action,
+                actor=actor,
+                target=target,
+                outcome=outcome,
+                values={"before": before, "after": after, "detail": detail},
+                request_id=request_id,
+                source_ip=source_ip,
+            )
+        except Exception:
+            log.exception("AUDIT ENTRY LOST: could not build the entry for %r", action)
+            return
+        if self._stopped:
+            _log_lost([entry], "the audit log is stopped")
+            return
+        self._queue.append(entry)
+        self._signal(full=len(self._queue) >= self._batch_size)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="keel-audit-log")
+
+    async def flush(self) -> None:
+        """Wait until everything recorded so far is in the database."""
+        self._wakeup.set()
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Write everything queued, then stop."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._stopped = True
+        if self._queue:
+            _log_lost(list(self._queue), "the audit log stopped before they were written")
+            self._queue.clear()
+
+    def _signal(self, *, full: bool) -> None:
+        # Events belong to the writer's loop; a caller in a worker thread hands over to it.
+        loop = self._loop
+        try:
+            on_loop = loop is None or asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._wake(full)
+        elif loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake, full)
+
+    def _wake(self, full: bool) -> None:
+        self._idle.clear()
+        if full:
+            self._wakeup.set()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if len(self._queue) < self._batch_size and not self._stopping:
+                # Let entries accumulate into one batch, unless a full batch or flush() wakes us.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._flush_interval_s)
+                self._wakeup.clear()
+            if not self._queue:
+                self._idle.set()
+                if self._stopping:
+                    return
+                continue
+            batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
+            try:
+                await asyncio.to_thread(self._append, batch)
+                self.written += len(batch)
+                unwritten: list[dict[str, Any]] = []
+            except (DataError, IntegrityError):
+                # One entry the database refuses must not cost the others: append them one by
+                # one, each chained onto the entry actually written before it.
+                unwritten = await asyncio.to_thread(self._append_one_by_one, batch)
+            except Exception as exc:
+                log.warning(
+                    "writing %d audit entries failed (%s: %s); retrying",
+                    len(batch),
+                    type(exc).__name__,
+                    exc,
+                )
+                unwritten = batch
+            if unwritten:
+                self._queue.extendleft(reversed(unwritten))
+                failures += 1
+                if self._stopping and failures >= 5:
+                    return  # stop() logs what is left
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                continue
+            failures = 0
+            if not self._queue:
+                self._idle.set()
+
+    def _append(self, entries: list[dict[str, Any]]) -> None:
+        """Chain `entries` onto the newest entry and insert them, in one transaction."""
+        with self._database.engine.connect() as connection:
+            last = self._lock_chain(connection)
+            seq, prev_hash = (last[0], last[1]) if last is not None else (0, GENESIS_HASH)
+            rows = []
+            for entry in entries:
+                # seq is given, not left to the database, so that chain order and seq order
+                # are the same by construction on every backend and driver.
+                seq += 1
+                row = {**entry, "seq": seq, "prev_hash": prev_hash}
+                row["hash"] = prev_hash = entry_hash(row)
+                rows.append(row)
+            connection.execute(audit_log.insert(), rows)
+            connection.commit()
+
+    def _lock_chain(self, connection: Connection) -> tuple[int, str] | None:
+        """Take the chain's lock for this transaction; return the newest (seq, hash)."""
+        newest = select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc())
+        backend = connection.dialect.name
+        if backend == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
+        elif backend == "sqlite":
+            # The write lock up front: a deferred transaction would read the head under a
+            # shared lock that another writer could overtake before our insert.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            newest = newest.with_for_update()
+        row = connection.execute(newest.limit(1)).first()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def _append_one_by_one(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append each entry alone; drop (loudly) those the database refuses. Returns the
+        entries not attempted because the database became unreachable, to retry."""
+        for index, entry in enumerate(entries):
+            try:
+                self._append([entry])
+            except (DataError, IntegrityError) as exc:
+                self.dropped += 1
+                _log_lost([entry], f"the database refused it ({type(exc).__name__}: {exc})")
+            except Exception as exc:
+                log.warning(
+                    "writing %d audit entries failed (%s: %s); retrying",
+                    len(entries) - index,
+                    type(exc).__name__,
+                    exc,
+                )
+                return entries[index:]
+            else:
+                self.written += 1
+        return []
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def verify(self, *, page_size: int = PAGE_SIZE) -> VerifyResult:
+        """Walk the whole chain in seq order, a page at a time; report the first entry whose
+        hash or link does not hold."""
+        check = ChainCheck()
+        columns = [
+            cast(column, Text).label(column.name) if column.name in _JSON_COLUMNS else column
+            for column in audit_log.columns
+        ]
+        after_seq: int | None = None
+        while True:
+            query = select(*columns).order_by(audit_log.c.seq).limit(page_size)
+            if after_seq is not None:
+                query = query.where(audit_log.c.seq > after_seq)
+            with self._database.engine.connect() as connection:
+                rows = [dict(row._mapping) for row in connection.execute(query)]
+            if not rows:
+                return check.result()
+            for row in rows:
+                for name in _JSON_COLUMNS:
+                    row[name] = _load_json(row[name])
+                if not check.add(row):
+                    return check.result()
+            after_seq = rows[-1]["seq"]
+
+    def query(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+        after_seq: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Entries oldest first (seq order), as JSON-ready dicts (`at` as ISO-8601 text).
+        `since` is inclusive, `until` exclusive, naive times are UTC; `action` ending in "*"
+        matches by prefix ("key.*"). Page on with `after_seq` = the last seq seen."""
+        conditions = self._conditions(since, until, actor, action)
+        if conditions is None:
+            return []
+        if after_seq is not None:
+            conditions.append(audit_log.c.seq > after_seq)
+        query = select(audit_log).where(*conditions).order_by(audit_log.c.seq).limit(limit)
+        with self._database.engine.connect() as connection:
+            return [_public(dict(row._mapping)) for row in connection.execute(query)]
+
+    def export(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        after_seq: int | None = None,
+    ) -> Iterator[str]:
+        """Every matching entry as one JSON line ("\\n"-terminated), read a page at a time."""
+        while True:
+            page = self.query(
+                since=since,
+                until=until,
+                actor=actor,
+                action=action,
+                limit=PAGE_SIZE,
+                after_seq=after_seq,
+            )
+            for entry in page:
+                yield json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
+            if len(page) < PAGE_SIZE:
+                return
+            after_seq = page[-1]["seq"]
+
+    def _conditions(
+        self,
+        since: datetime | None,
+        until: datetime | None,
+        actor: str | None,
+        action: str | None,
+    ) -> list[ColumnElement[bool]] | None:
+        """The WHERE clauses, or None where no entry can match (a filter the columns could
+        never hold: too long, or with characters the database refuses to compare)."""
+        conditions: list[ColumnElement[bool]] = []
+        if since is not None:
+            conditions.append(audit_log.c.at >= self._stored_time(since))
+        if until is not None:
+            conditions.append(audit_log.c.at < self._stored_time(until))
+        if actor is not None:
+            if not _storable(actor, _LIMITS["actor"]):
+                return None
+            conditions.append(audit_log.c.actor == actor)
+        if action is not None:
+            if not _storable(action.removesuffix("*"), _LIMITS["action"]):
+                return None
+            if action.endswith("*"):
+                prefix = action[:-1]
+                escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                conditions.append(audit_log.c.action.like(escaped + "%", escape="\\"))
+            else:
+                conditions.append(audit_log.c.action == action)
+        return conditions
+
+    def _stored_time(self, at: datetime) -> datetime:
+        at = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+        # SQLite stores the UTC wall time without an offset, and compares it as text.
+        return at.replace(tzinfo=None) if self._database.backend == "sqlite" else at
+
+
+def _entry(
+    action: str,
+    *,
+    actor: Actor | None,
+    target: str | None,
+    outcome: str,
+    values: dict[str, Any],
+    request_id: str | None,
+    source_ip: str | None,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "id": f"aud_{uuid.uuid4().hex}",
+        "at": datetime.now(UTC),
+        "actor": actor.name if actor is not None else "anonymous",
+        "actor_kind": actor.kind if actor is not None else "anonymous",
+        "key_id": actor.key_id if actor is not None else None,
+        "team": actor.team if actor is not None else None,
+        "action": action,
+        "target": target,
+        "outcome": outcome,
+        "source_ip": source_ip if source_ip is not None else getattr(actor, "source_ip", None),
+        "request_id": request_id,
+    }
+    for name, limit in _LIMITS.items():
+        if entry[name] is not None:
+            entry[name] = to_json_value(str(entry[name]))[:limit]
+    # Snapshot now: the caller may change its objects after record() returns.
+    for name, value in values.items():
+        try:
+            entry[name] = redact(to_json_value(value))
+        except Exception as exc:  # a cycle, a nesting too deep, a __str__ that raises
+            log.warning("audit %s: %s cannot be recorded (%s)", action, name, type(exc).__name__)
+            entry[name] = f"<unrecordable {type(value).__name__}>"
+    return entry
+
+
+def _log_lost(entries: list[dict[str, Any]], why: str) -> None:
+    # The entry itself goes to the error log, so an operator can still recover it.
+    for entry in entries:
+        body = json.dumps({**entry, "at": format_at(entry["at"])}, ensure_ascii=False)
+        log.error("AUDIT ENTRY LOST (%s): %s", why, body)
+
+
+def _storable(value: str, limit: int) -> bool:
+    if len(value) > limit or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _load_json(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return _UNREADABLE
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    row["at"] = format_at(row["at"])
+    return row

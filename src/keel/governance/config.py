@@ -1,0 +1,88 @@
+"""The governance sections of keel.yaml: `auth`, `quotas` and `residency`.
+
+Kept apart from `keel.config` so that module stays about the gateway; `Settings` includes these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+__all__ = ["AuthConfig", "LimitSet", "OidcIssuerConfig", "QuotaConfig", "ResidencyConfig"]
+
+Role = Literal["admin", "maintainer", "developer", "viewer"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OidcIssuerConfig(_Section):
+    """An identity provider whose JWTs Keel accepts as bearer tokens."""
+
+    issuer: str = Field(min_length=1, description="Must equal the token's `iss` claim.")
+    audience: str | None = Field(default=None, description="Required `aud`, if set.")
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    user_claim: str = "sub"
+    team_claim: str | None = "team"
+    role_claim: str = Field(default="keel_role", description="A role name or a list of them.")
+    default_role: Role = "viewer"
+    environment: Literal["sandbox", "production"] = "production"
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OidcIssuerConfig:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("set exactly one of jwks_url and jwks_file")
+        if any(alg.upper().startswith("HS") or alg.lower() == "none" for alg in self.algorithms):
+            raise ValueError("algorithms: only asymmetric algorithms (RS*, ES*, PS*, EdDSA)")
+        return self
+
+
+class AuthConfig(_Section):
+    admin_key: SecretStr | None = Field(
+        default=None, description="A bootstrap admin key (also KEEL_ADMIN_KEY)."
+    )
+    required: bool | None = Field(
+        default=None,
+        description="None: required unless the server binds to loopback with no admin key.",
+    )
+    oidc: list[OidcIssuerConfig] = Field(default_factory=list)
+    refresh_interval_s: float = Field(
+        default=1.0, gt=0, description="How often replicas look for key and policy changes."
+    )
+
+
+class LimitSet(_Section):
+    """Limits for one key, user, team or model. Unset means unlimited."""
+
+    rpm: int | None = Field(default=None, ge=0, description="Requests per minute.")
+    tpm: int | None = Field(default=None, ge=0, description="Tokens per minute.")
+    tokens_per_day: int | None = Field(default=None, ge=0)
+    usd_per_day: float | None = Field(default=None, ge=0)
+    usd_per_month: float | None = Field(default=None, ge=0)
+
+    def is_empty(self) -> bool:
+        return all(value is None for value in self.model_dump().values())
+
+
+class QuotaConfig(_Section):
+    enabled: bool = True
+    failure_mode: Literal["open", "closed"] = Field(
+        default="open", description="When the shared counter store is unreachable."
+    )
+    models: dict[str, LimitSet] = Field(
+        default_factory=dict, description="Limits per model id or group, over all callers."
+    )
+    default_key: LimitSet = Field(
+        default_factory=LimitSet, description="Applied to keys that set no limits of their own."
+    )
+
+
+class ResidencyConfig(_Section):
+    default_allowed_regions: list[str] | None = Field(
+        default=None, description="For teams with no policy of their own; None allows all."
+    )

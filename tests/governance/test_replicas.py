@@ -1,0 +1,175 @@
+"""Two `keel serve` processes sharing PostgreSQL and Redis hold one quota between them, and see
+each other's key changes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from sqlalchemy import create_engine, text
+
+from tests.test_end_to_end import free_port
+
+ADMIN_KEY = "replica-test-admin-key-0123456789abcdef"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+LIMIT = 25
+REQUESTS = 200
+
+
+def _start(config: Path, home: Path, database_url: str) -> tuple[str, subprocess.Popen[str]]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    env.update(
+        KEEL_HOME=str(home),
+        KEEL_CONFIG=str(config),
+        KEEL_DATABASE_URL=database_url,
+        KEEL_REDIS_URL=REDIS_URL,
+        KEEL_ADMIN_KEY=ADMIN_KEY,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keel", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return f"http://127.0.0.1:{port}", process
+
+
+def _wait_ready(url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"keel serve did not become ready:\n{process.communicate()[0]}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, fake_openai_url: str, postgres_url: str) -> Iterator[list[str]]:
+    config = tmp_path / "keel.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "local_models": {"chat": False, "embeddings": False},
+                "models": [
+                    {
+                        "id": "fake-model",
+                        "provider": "openai",
+                        "api_base": fake_openai_url,
+                        "api_key": "sk-upstream",
+                    }
+                ],
+                "auth": {"refresh_interval_s": 0.2},
+                "cache": {"enabled": False},
+            }
+        )
+    )
+    started = [_start(config, tmp_path / f"home-{n}", postgres_url) for n in range(2)]
+    try:
+        for url, process in started:
+            _wait_ready(url, process)
+        yield [url for url, _ in started]
+    finally:
+        for _, process in started:
+            process.terminate()
+        for _, process in started:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait_outside_minute_edge() -> None:
+    """Quota windows are calendar minutes: firing across a boundary would start a new window
+    mid-test (and rightly admit more). Wait until a burst of a few seconds fits in one."""
+    while 60 - (time.time() % 60) < 15:
+        time.sleep(0.5)
+
+
+def test_two_replicas_admit_exactly_the_limit(
+    replicas: list[str], postgres_url: str, fake_openai_url: str
+) -> None:
+    first, second = replicas
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    team = f"team-{os.getpid()}-{time.time_ns()}"
+    assert (
+        httpx.post(
+            f"{first}/v1/keel/teams", json={"name": team, "limits": {"rpm": LIMIT}}, headers=admin
+        ).status_code
+        == 201
+    )
+    assert (
+        httpx.post(
+            f"{first}/v1/keel/users",
+            json={"name": f"svc-{team}", "kind": "service_account", "team": team},
+            headers=admin,
+        ).status_code
+        == 201
+    )
+    created = httpx.post(
+        f"{first}/v1/keel/keys", json={"user": f"svc-{team}", "name": "load"}, headers=admin
+    )
+    assert created.status_code == 201
+    key = {"authorization": f"Bearer {created.json()['secret']}"}
+    # The second replica learns about the key from the database, not from the first replica.
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{second}/v1/keel/whoami", headers=key).status_code != 200:
+        assert time.monotonic() < deadline, "the second replica never saw the new key"
+        time.sleep(0.1)
+
+    _wait_outside_minute_edge()
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            calls = [
+                client.post(f"{replicas[n % 2]}/v1/chat/completions", json=chat, headers=key)
+                for n in range(REQUESTS)
+            ]
+            return [response.status_code for response in await asyncio.gather(*calls)]
+
+    statuses = asyncio.run(burst())
+    assert statuses.count(200) == LIMIT
+    assert statuses.count(429) == REQUESTS - LIMIT
+
+    refused = httpx.post(f"{first}/v1/chat/completions", json=chat, headers=key)
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    assert f"team {team}: requests per minute" in refused.json()["error"]["message"]
+
+    usage = httpx.get(f"{second}/v1/keel/usage", headers=key).json()["data"]
+    team_rpm = [row for row in usage if row["scope"] == f"team:{team}"]
+    assert team_rpm[0]["used"] == LIMIT and team_rpm[0]["remaining"] == 0
+
+    engine = create_engine(postgres_url)
+    deadline = time.monotonic() + 10
+    while True:
+        with engine.connect() as connection:
+            counts = dict(
+                connection.execute(
+                    text(
+                        "SELECT status_code, count(*) FROM request_records "
+                        "WHERE team = :team GROUP BY status_code"
+                    ),
+                    {"team": team},
+                ).all()
+            )
+        if sum(counts.values()) >= REQUESTS + 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    engine.dispose()
+    assert counts == {200: LIMIT, 429: REQUESTS - LIMIT + 1}
