@@ -276,8 +276,10 @@ async def test_unknown_routes_and_methods_use_the_error_body(
 async def test_health_readiness_and_records_api(keel: tuple[FastAPI, httpx.AsyncClient]) -> None:
     app, client = keel
     assert (await client.get("/healthz")).json() == {"status": "ok"}
+    await app.state.keel.warmup  # the PII analyzer loads in the background
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["checks"]["pii_analyzer"] == "ok"
     response = await client.post("/v1/chat/completions", json=chat_body())
     await flushed_records(app)
     request_id = response.headers["x-keel-request-id"]

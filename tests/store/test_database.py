@@ -33,6 +33,17 @@ def test_migrations_create_the_schema_and_are_idempotent(database_url: str) -> N
     database.dispose()
 
 
+def test_replicas_migrating_a_fresh_postgres_together_both_succeed(postgres_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    databases = [Database(postgres_url) for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda database: database.migrate(), databases))
+    assert "audit_log" in inspect(databases[0].engine).get_table_names()
+    for database in databases:
+        database.dispose()
+
+
 def test_records_round_trip(database_url: str) -> None:
     database = Database(database_url)
     database.migrate()

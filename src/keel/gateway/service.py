@@ -437,6 +437,12 @@ class Gateway:
         self._settling.add(task)
         task.add_done_callback(self._settled)
 
+    async def drain(self) -> None:
+        """Wait for the quota settlements still running (at shutdown, before the quota store
+        closes)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
     def _settled(self, task: asyncio.Task[None]) -> None:
         self._settling.discard(task)
         if not task.cancelled() and task.exception() is not None:

@@ -125,8 +125,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         policy,
         guardrails,
     )
-    if settings.local_models.preload:
-        running.warmup = asyncio.create_task(_warm_up(router, guardrails))
+    running.warmup = asyncio.create_task(
+        _warm_up(router if settings.local_models.preload else None, guardrails)
+    )
     try:
         yield running
     finally:
@@ -135,6 +136,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         await registry_view.close()
         await caching.close()
         await access.close()
+        await gateway.drain()
         await quotas.aclose()
         await recorder.stop()
         await audit.stop()
@@ -201,10 +203,10 @@ def _gateway_chat(router: Router) -> Callable[[str, list[dict[str, Any]]], Await
     return chat
 
 
-async def _warm_up(router: Router, guardrails: Guardrails) -> None:
-    """Load local models and the PII analyzer in the background, so the first request doesn't
-    pay for them."""
-    for provider in router.providers:
+async def _warm_up(router: Router | None, guardrails: Guardrails) -> None:
+    """Load local models (unless they load on first use) and the PII analyzer in the
+    background, so the first request doesn't pay for them."""
+    for provider in router.providers if router is not None else ():
         if provider.is_local:
             try:
                 await provider.start()

@@ -23,6 +23,9 @@ def normalize_url(url: str) -> str:
     return url
 
 
+_MIGRATION_LOCK = 0x6B65656C6D696772  # "keelmigr"
+
+
 class Database:
     """A synchronous engine, used from worker threads only (never on the event loop)."""
 
@@ -44,6 +47,12 @@ class Database:
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
         with self.engine.begin() as connection:
+            if self.backend == "postgresql":
+                # Replicas starting together would race to create the same tables; the lock
+                # makes the others wait, then find the schema already at head.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+                )
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 

@@ -141,11 +141,20 @@ class Guardrails:
                     self._masker = PiiMasker(self.pii)
         return self._masker
 
+    @property
+    def needs_analyzer(self) -> bool:
+        pii_rules = any(isinstance(check, PiiCheck) for _, check in self._checks)
+        return self.pii.store == "mask" or pii_rules or self.pii.policy_actions() != {"allow"}
+
+    @property
+    def loaded(self) -> bool:
+        """Whether screening can run at full speed (the analyzer is built, or not needed)."""
+        return self._masker is not None or not self.needs_analyzer
+
     def load(self) -> None:
         """Import Presidio and build the analyzer now, if anything will need it. Blocking (a
         few seconds the first time in a process): call it in a thread at start-up."""
-        pii_rules = any(isinstance(check, PiiCheck) for _, check in self._checks)
-        if self.pii.store == "mask" or pii_rules or self.pii.policy_actions() != {"allow"}:
+        if self.needs_analyzer:
             self.masker()
 
     def mask_for_storage(self, text: str) -> str:

@@ -39,7 +39,13 @@ async def readyz(keel: Services = Depends(services)) -> JSONResponse:
         if provider.is_local
     }
     checks["local_models"] = models
-    ready = checks["database"] == "ok" and all(state == "ok" for state in models.values())
+    # The PII analyzer loads in the background at start-up; until then screening would stall.
+    checks["pii_analyzer"] = "ok" if keel.guardrails.loaded else "loading"
+    ready = (
+        checks["database"] == "ok"
+        and all(state == "ok" for state in models.values())
+        and checks["pii_analyzer"] == "ok"
+    )
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,
