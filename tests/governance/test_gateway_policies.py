@@ -244,3 +244,17 @@ async def test_a_blocking_guardrail_refuses_before_the_provider(
         entries = app.state.keel.audit.query(action="inference.chat.completions", limit=10)
         assert entries[0]["outcome"] == "400"
         assert "Ignore" not in json.dumps(entries)
+
+
+async def test_warnings_go_through_and_name_the_rule(tmp_path: Path, fake_openai_url: str) -> None:
+    rules = [{"name": "no-competitors", "kind": "deny_list", "terms": ["acme"], "action": "warn"}]
+    settings = _settings(tmp_path, fake_openai_url, guardrails={"rules": rules})
+    async with running_app(settings) as (app, client):
+        key = await _key(app)
+        response = await client.post(
+            "/v1/chat/completions", json=_chat("compare us with ACME please"), headers=key
+        )
+        assert response.status_code == 200
+        assert response.headers["x-keel-guardrail-warnings"] == "no-competitors"
+        plain = await client.post("/v1/chat/completions", json=_chat("hello"), headers=key)
+        assert "x-keel-guardrail-warnings" not in plain.headers

@@ -129,3 +129,22 @@ async def _eventually(client: object, headers: dict[str, str], status: int) -> N
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"never answered {status}")
+
+
+async def test_a_revocation_applies_before_it_is_acknowledged(tmp_path: Path) -> None:
+    admin = {"authorization": "Bearer revoke-admin-key-0123456789"}
+    settings = remote_settings(tmp_path, [], auth={"admin_key": "revoke-admin-key-0123456789"})
+    async with running_app(settings) as (_, client):
+        assert (
+            await client.post("/v1/keel/users", json={"name": "eve"}, headers=admin)
+        ).status_code == 201
+        for _ in range(20):
+            created = (
+                await client.post("/v1/keel/keys", json={"user": "eve"}, headers=admin)
+            ).json()
+            eve = {"authorization": f"Bearer {created['secret']}"}
+            assert (await client.get("/v1/keel/whoami", headers=eve)).status_code == 200
+            await client.post(f"/v1/keel/keys/{created['id']}/revoke", headers=admin)
+            assert (await client.get("/v1/keel/whoami", headers=eve)).status_code == 401
+        disabled = await client.patch("/v1/keel/users/eve", json={"disabled": True}, headers=admin)
+        assert disabled.json()["disabled"] is True

@@ -385,3 +385,19 @@ def test_lineage_cycles_are_guarded(registry: Registry) -> None:
     tree = registry.lineage(a, direction="downstream")
     assert tree.downstream[0].entity == b
     assert tree.downstream[0].downstream == (LineageNode(a, "feeds", cycle=True),)
+
+
+def test_cards_owned_by_a_team_are_reviewed_by_that_team(registry: Registry) -> None:
+    registry.create(card(owners=["team:ml", "alice"]), DEV)
+    request = registry.request_promotion("curie", 1, "staging", DEV)
+    outsider = Actor("olga", frozenset({"maintainer"}), team="ops")
+    with pytest.raises(PermissionDeniedError) as refused:
+        registry.approve(request.id, outsider)
+    assert refused.value.code == "team_review_required" and "team ml" in refused.value.message
+    with pytest.raises(PermissionDeniedError):
+        registry.reject(request.id, outsider)
+    member = Actor("mia", frozenset({"maintainer"}), team="ml")
+    assert registry.approve(request.id, member).status == "approved"
+    # An admin reviews anything; a card naming no team keeps the plain rule.
+    second = registry.request_promotion("curie", 1, "production", DEV)
+    assert registry.approve(second.id, ROOT).status == "approved"

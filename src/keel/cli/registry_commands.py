@@ -28,13 +28,13 @@ app = typer.Typer(
 UrlOption = typer.Option(None, "--url", envvar="KEEL_URL", help="Keel server URL.")
 KeyOption = typer.Option(None, "--api-key", envvar="KEEL_API_KEY", help="Keel API key.")
 ActorOption = typer.Option(
-    None, "--actor", envvar="KEEL_ACTOR", help="Who is acting (temporary x-keel-actor header)."
+    None, "--actor", envvar="KEEL_ACTOR", help="Act as this name (x-keel-actor; open mode only)."
 )
 RolesOption = typer.Option(
     None,
     "--roles",
     envvar="KEEL_ROLES",
-    help="Comma list of the actor's roles (temporary x-keel-roles header).",
+    help="Comma list of roles to act with (x-keel-roles; open mode only).",
 )
 JsonOption = typer.Option(False, "--json", help="Print JSON.")
 

@@ -82,6 +82,9 @@ class Call:
             headers["x-keel-cache"] = self.cache_status
         if self.registry_version is not None:
             headers["x-keel-registry-version"] = self.registry_version
+        if self.screening is not None and self.screening.warnings:
+            # Rule names only: what matched stays out of headers as it does out of records.
+            headers["x-keel-guardrail-warnings"] = ", ".join(self.screening.warnings)
         if self.provider is not None and self.cache_status != "hit":
             headers["x-keel-deployment"] = self.provider.config.id
             headers["x-keel-attempts"] = str(self.trace.attempts)

@@ -112,6 +112,8 @@ class Access:
         self._admin_hash = hash_secret(admin_key) if admin_key else None
         self._snapshot = _Snapshot()
         self._poller: asyncio.Task[None] | None = None
+        self._pending: asyncio.Task[None] | None = None
+        self._dirty = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -123,14 +125,31 @@ class Access:
         self._poller = asyncio.create_task(self._poll(), name="keel-access-snapshot")
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        for task in (self._poller, self._pending):
+            if task is not None:
+                task.cancel()
         if self.oidc is not None:
             await self.oidc.aclose()
 
     async def refresh(self) -> None:
         data = await asyncio.to_thread(self.directory.load)
         self._snapshot = _build_snapshot(data)
+
+    async def apply_change(self) -> None:
+        """A write went through this replica: rebuild the snapshot before acknowledging it.
+        Writes landing during a rebuild get one more, so the last one always reads them."""
+        self._dirty = True
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.create_task(self._reload_until_clean())
+        try:
+            await asyncio.shield(self._pending)
+        except Exception as exc:  # the write stands; the poller will catch up
+            log.error("reloading keys and policies failed: %s", type(exc).__name__)
+
+    async def _reload_until_clean(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            await self.refresh()
 
     async def _poll(self) -> None:
         while True:

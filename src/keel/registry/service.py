@@ -291,6 +291,7 @@ class Registry:
             row = self._lock_promotion(conn, promotion_id)
             if row.requested_by == actor.name:
                 raise PermissionDeniedError("a promotion needs approval from someone else")
+            _require_owning_team(conn, row, actor)
             now = self._now()
             expired = self._expire_if_due(conn, row, now)
             if not expired:
@@ -312,6 +313,7 @@ class Registry:
         require(actor, REVIEWERS, "reject promotions")
         with self._write() as conn:
             row = self._lock_promotion(conn, promotion_id)
+            _require_owning_team(conn, row, actor)
             now = self._now()
             expired = self._expire_if_due(conn, row, now)
             if not expired:
@@ -496,4 +498,17 @@ class Registry:
         overridden_by = actor.name if failures else None
         db.set_promotion(
             conn, row.id, status="approved", decided_at=now, overridden_by=overridden_by
+        )
+
+
+def _require_owning_team(conn: Connection, promotion: Row[Any], actor: Actor) -> None:
+    """A card whose `owners` name teams (`team:<name>`) is reviewed by those teams: only their
+    members (or an admin) may approve or reject its promotions."""
+    card = parse_card(db.version_row(conn, promotion.model, promotion.version).card)
+    teams = {owner[5:] for owner in card.owners if owner.startswith("team:")}
+    if teams and actor.team not in teams and not actor.has_any("admin"):
+        raise PermissionDeniedError(
+            f"promotions of {promotion.model!r} are reviewed by team "
+            f"{', '.join(sorted(teams))}; you are not in it",
+            code="team_review_required",
         )

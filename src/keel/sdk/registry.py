@@ -77,8 +77,8 @@ class RegistryAPI:
         self.roles = None if roles is None else [role.strip() for role in roles if role.strip()]
 
     def as_actor(self, actor: str | None, roles: Iterable[str] | None = None) -> RegistryAPI:
-        """The same client acting as someone else (the temporary x-keel-actor/x-keel-roles
-        headers; see docs/registry.md)."""
+        """The same client acting as someone else (the x-keel-actor/x-keel-roles headers,
+        honoured in open mode only; see docs/registry.md)."""
         return RegistryAPI(self._request_fn, http=self._http, actor=actor, roles=roles)
 
     # -- models and versions ---------------------------------------------------------------

@@ -54,9 +54,11 @@ class Services:
     guardrails: Guardrails
     warmup: asyncio.Task[None] | None = None
 
-    def registry_changed(self) -> None:
-        """A registry write went through this replica: the gateway's view reloads now."""
+    async def registry_changed(self) -> None:
+        """A registry write went through this replica: the gateway's view reloads before the
+        write is acknowledged, so the writer's next call sees it."""
         self.registry_view.changed()
+        await self.registry_view.settle()
 
 
 async def services(request: Request) -> Services:

@@ -244,7 +244,7 @@ async def create_key(request: Request, body: KeyBody) -> JSONResponse:
             limits=_limits(body.limits),
         )
     )
-    await _services(request).access.refresh()
+    await _services(request).access.apply_change()
     audited(request, "key.create", key["id"], after=key)
     return _json({**key, "secret": secret}, status=201)
 
@@ -274,7 +274,7 @@ async def rotate_key(
     old, new, secret = await asyncio.to_thread(
         lambda: _directory(request).rotate_key(key_id, by=actor, overlap_s=overlap_s)
     )
-    await _services(request).access.refresh()
+    await _services(request).access.apply_change()
     audited(request, "key.rotate", key_id, after={"retired": old, "replacement": new})
     return _json({**new, "secret": secret, "previous": old}, status=201)
 
@@ -356,7 +356,7 @@ async def _changed(
     status: int = 200,
 ) -> JSONResponse:
     # Applied before answering: once a revocation is acknowledged, the key is refused here.
-    await _services(request).access.refresh()
+    await _services(request).access.apply_change()
     audited(request, action, target, before=before, after=after)
     return _json(after, status=status)
 

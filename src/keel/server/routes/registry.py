@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -167,7 +168,9 @@ async def _write(request: Request, method: Callable[P, T], *args: P.args, **kwar
     result = await asyncio.to_thread(method, *args, **kwargs)
     changed = getattr(request.app.state.keel, "registry_changed", None)
     if changed is not None:
-        changed()
+        reloading = changed()
+        if inspect.isawaitable(reloading):
+            await reloading
     action = f"registry.{method.__name__}"
     detail = None
     if kwargs.get("override_gates"):
