@@ -32,6 +32,21 @@ def free_port() -> int:
         return port
 
 
+def wait_ready(url: str, process: subprocess.Popen[str], *, timeout_s: float) -> None:
+    """Until `keel serve` answers /readyz with 200; its output in the error if it never does."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"keel serve did not become ready:\n{process.communicate()[0]}")
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory,
@@ -48,17 +63,7 @@ def server(
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"keel serve did not become ready:\n{process.communicate()[0]}")
-        time.sleep(0.2)
+    wait_ready(url, process, timeout_s=120)
     try:
         yield url, home, process
     finally:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
 import pytest
-import redis.asyncio as redis
 
-from tests.cache.helpers import REDIS_URL, FakeClock, FakeEmbedder
+from tests.cache.helpers import FakeClock, FakeEmbedder
 
 
 @pytest.fixture
@@ -19,16 +15,3 @@ def clock() -> FakeClock:
 @pytest.fixture
 def embedder() -> FakeEmbedder:
     return FakeEmbedder()
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    prefix = f"keel-test:{uuid.uuid4().hex}:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=prefix + "*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()

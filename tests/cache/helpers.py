@@ -4,7 +4,6 @@ function, and builders for requests and completions."""
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ from numpy.typing import NDArray
 from keel.schemas import ChatCompletionRequest
 
 # Read at import: the autouse keel_home fixture clears KEEL_* variables before each test.
-REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.conftest import REDIS_URL  # noqa: F401 - re-exported for the cache tests
 
 
 class FakeClock:

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from keel.cli.app import app
-from keel.cli.governance_commands import STORE_IT, parse_duration, usage_bar
+from keel.cli.governance_shared import parse_duration
+from keel.cli.key_commands import STORE_IT, usage_bar
 from tests.governance.test_governance_sdk import ADMIN_KEY, keel_settings, serve_keel
 
 

@@ -4,9 +4,7 @@ store failing. Redis tests use the real server, each under a key prefix of its o
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -32,9 +30,8 @@ from keel.governance.quotas import (
     limits_from,
     window_bounds,
 )
+from tests.conftest import REDIS_URL
 
-# Read at import: the autouse keel_home fixture clears KEEL_* variables before each test.
-REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
 START = 1_800_000_030.0  # 2027-01-15T08:00:30Z: 30 s into a minute
 
@@ -72,16 +69,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    prefix = f"keel-test:{uuid.uuid4().hex}:quota:"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=prefix + "*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix + "quota:"
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from tests.test_end_to_end import free_port
+from tests.test_end_to_end import free_port, wait_ready
 
 ADMIN_KEY = "replica-test-admin-key-0123456789abcdef"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -44,20 +44,6 @@ def _start(config: Path, home: Path, database_url: str) -> tuple[str, subprocess
     return f"http://127.0.0.1:{port}", process
 
 
-def _wait_ready(url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"keel serve did not become ready:\n{process.communicate()[0]}")
-        time.sleep(0.2)
-
-
 @pytest.fixture
 def replicas(tmp_path: Path, fake_openai_url: str, postgres_url: str) -> Iterator[list[str]]:
     config = tmp_path / "keel.yaml"
@@ -81,7 +67,7 @@ def replicas(tmp_path: Path, fake_openai_url: str, postgres_url: str) -> Iterato
     started = [_start(config, tmp_path / f"home-{n}", postgres_url) for n in range(2)]
     try:
         for url, process in started:
-            _wait_ready(url, process)
+            wait_ready(url, process, timeout_s=60)
         yield [url for url, _ in started]
     finally:
         for _, process in started:

@@ -5,7 +5,8 @@ import typer
 from keel.cli import (
     audit_commands,
     client_commands,
-    governance_commands,
+    identity_commands,
+    key_commands,
     registry_commands,
     serve,
 )
@@ -26,12 +27,12 @@ app.command("requests")(client_commands.requests)
 app.command("deployments")(client_commands.deployments)
 app.add_typer(registry_commands.app, name="registry")
 app.command("lineage")(registry_commands.lineage)
-app.add_typer(governance_commands.users_app, name="users")
-app.add_typer(governance_commands.teams_app, name="teams")
-app.add_typer(governance_commands.orgs_app, name="orgs")
-app.add_typer(governance_commands.keys_app, name="keys")
-app.command("usage")(governance_commands.usage)
-app.command("whoami")(governance_commands.whoami)
+app.add_typer(identity_commands.users_app, name="users")
+app.add_typer(identity_commands.teams_app, name="teams")
+app.add_typer(identity_commands.orgs_app, name="orgs")
+app.add_typer(key_commands.keys_app, name="keys")
+app.command("usage")(key_commands.usage)
+app.command("whoami")(key_commands.whoami)
 app.add_typer(audit_commands.app, name="audit")
 app.command("version")(client_commands.version)
 

@@ -10,18 +10,14 @@ that was changed, removed or reordered. The chain itself lives in `keel.governan
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import uuid
-from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Text, cast, select, text
-from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from keel.governance.audit_chain import (
@@ -35,6 +31,7 @@ from keel.governance.audit_chain import (
 )
 from keel.governance.tables import audit_log
 from keel.identity import Actor
+from keel.store.batching import BatchWriter
 from keel.store.database import Database
 
 __all__ = ["AuditLog", "VerifyResult", "redact"]
@@ -64,27 +61,17 @@ _LIMITS: dict[str, int] = {
 _UNREADABLE = object()  # a stored JSON value that does not parse: it cannot hash as written
 
 
-class AuditLog:
+class AuditLog(BatchWriter[dict[str, Any]]):
+    _task_name = "keel-audit-log"
+    _noun = "audit entries"
+    _log = log
+
     def __init__(
         self, database: Database, *, batch_size: int = 500, flush_interval_s: float = 0.2
     ) -> None:
+        super().__init__(batch_size=batch_size, flush_interval_s=flush_interval_s)
         self._database = database
-        self._batch_size = batch_size
-        self._flush_interval_s = flush_interval_s
-        self._queue: deque[dict[str, Any]] = deque()
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
         self._stopped = False
-        self.written = 0
-        self.dropped = 0
-
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -118,87 +105,28 @@ class AuditLog:
         if self._stopped:
             _log_lost([entry], "the audit log is stopped")
             return
-        self._queue.append(entry)
-        self._signal(full=len(self._queue) >= self._batch_size)
-
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._run(), name="keel-audit-log")
-
-    async def flush(self) -> None:
-        """Wait until everything recorded so far is in the database."""
-        self._wakeup.set()
-        await self._idle.wait()
+        self._enqueue(entry)
 
     async def stop(self) -> None:
         """Write everything queued, then stop."""
-        self._stopping = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        await super().stop()
         self._stopped = True
         if self._queue:
             _log_lost(list(self._queue), "the audit log stopped before they were written")
             self._queue.clear()
 
-    def _signal(self, *, full: bool) -> None:
-        # Events belong to the writer's loop; a caller in a worker thread hands over to it.
-        loop = self._loop
-        try:
-            on_loop = loop is None or asyncio.get_running_loop() is loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop:
-            self._wake(full)
-        elif loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._wake, full)
+    def _write_batch(self, entries: list[dict[str, Any]]) -> None:
+        # Entry by entry too, once a batch is refused: each is then chained onto the entry
+        # actually written before it, not onto one the database turned away.
+        self._append(entries)
 
-    def _wake(self, full: bool) -> None:
-        self._idle.clear()
-        if full:
-            self._wakeup.set()
+    def _report_dropped(self, entry: dict[str, Any], error: Exception) -> None:
+        _log_lost([entry], f"the database refused it ({type(error).__name__}: {error})")
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            if len(self._queue) < self._batch_size and not self._stopping:
-                # Let entries accumulate into one batch, unless a full batch or flush() wakes us.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._flush_interval_s)
-                self._wakeup.clear()
-            if not self._queue:
-                self._idle.set()
-                if self._stopping:
-                    return
-                continue
-            batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
-            try:
-                await asyncio.to_thread(self._append, batch)
-                self.written += len(batch)
-                unwritten: list[dict[str, Any]] = []
-            except (DataError, IntegrityError):
-                # One entry the database refuses must not cost the others: append them one by
-                # one, each chained onto the entry actually written before it.
-                unwritten = await asyncio.to_thread(self._append_one_by_one, batch)
-            except Exception as exc:
-                log.warning(
-                    "writing %d audit entries failed (%s: %s); retrying",
-                    len(batch),
-                    type(exc).__name__,
-                    exc,
-                )
-                unwritten = batch
-            if unwritten:
-                self._queue.extendleft(reversed(unwritten))
-                failures += 1
-                if self._stopping and failures >= 5:
-                    return  # stop() logs what is left
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
-                continue
-            failures = 0
-            if not self._queue:
-                self._idle.set()
+    def _failure_text(self, error: Exception) -> str:
+        # Entries are redacted before they are queued, so the driver's message (which can
+        # quote them) may go to the log.
+        return f"{type(error).__name__}: {error}"
 
     def _append(self, entries: list[dict[str, Any]]) -> None:
         """Chain `entries` onto the newest entry and insert them, in one transaction."""
@@ -230,27 +158,6 @@ class AuditLog:
             newest = newest.with_for_update()
         row = connection.execute(newest.limit(1)).first()
         return None if row is None else (int(row[0]), str(row[1]))
-
-    def _append_one_by_one(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Append each entry alone; drop (loudly) those the database refuses. Returns the
-        entries not attempted because the database became unreachable, to retry."""
-        for index, entry in enumerate(entries):
-            try:
-                self._append([entry])
-            except (DataError, IntegrityError) as exc:
-                self.dropped += 1
-                _log_lost([entry], f"the database refused it ({type(exc).__name__}: {exc})")
-            except Exception as exc:
-                log.warning(
-                    "writing %d audit entries failed (%s: %s); retrying",
-                    len(entries) - index,
-                    type(exc).__name__,
-                    exc,
-                )
-                return entries[index:]
-            else:
-                self.written += 1
-        return []
 
     # -- reading ---------------------------------------------------------------------------
 
