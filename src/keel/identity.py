@@ -1,4 +1,4 @@
-"""Who is acting. Authentication (`keel.governance.auth`) turns a bearer key, an OIDC token or
+"""Who is acting. Authentication (`keel.governance.access`) turns a bearer key, an OIDC token or
 the open loopback mode into an `Actor`; everything downstream (permissions, quotas, policies,
 the registry's approvals, the audit log) reads only this."""
 

@@ -282,3 +282,27 @@ async def test_sql_looking_filters_are_4xx_or_empty(
     big = {"authorization": f"Bearer {ADMIN_KEY}", "x-big": "y" * 60_000}
     response = await client.get("/v1/models", headers=big)
     assert response.status_code < 500
+
+
+async def test_nothing_reads_a_body_before_authentication(
+    governed: tuple[FastAPI, httpx.AsyncClient, dict[str, str]],
+) -> None:
+    app, client, _ = governed
+    limit = app.state.keel.settings.server.max_request_body_bytes
+    junk = b"{" * 1024
+    assert (await client.post("/v1/keel/users", content=junk)).status_code == 401
+    big = b'{"name": "' + b"x" * (limit + 10) + b'"}'
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    too_large = await client.post("/v1/keel/users", content=big, headers=admin)
+    assert too_large.status_code == 413
+    assert too_large.json()["error"]["code"] == "request_too_large"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no content-length: counted as it arrives
+        for _ in range(limit // 65536 + 2):
+            yield b" " * 65536
+
+    streamed = await client.post("/v1/keel/teams", content=chunks(), headers=admin)
+    assert streamed.status_code == 413
+    await app.state.keel.audit.flush()
+    refused = app.state.keel.audit.query(action="access.unauthenticated", limit=10)
+    assert refused and refused[0]["detail"]["code"] == "missing_api_key"

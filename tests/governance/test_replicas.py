@@ -37,7 +37,7 @@ def _start(config: Path, home: Path, database_url: str) -> tuple[str, subprocess
     process = subprocess.Popen(
         [sys.executable, "-m", "keel", "serve", "--port", str(port)],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=(home.parent / f"{home.name}.log").open("w"),
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -159,3 +159,16 @@ def test_two_replicas_admit_exactly_the_limit(
         time.sleep(0.2)
     engine.dispose()
     assert counts == {200: LIMIT, 429: REQUESTS - LIMIT + 1}
+
+    # The peer address is what an allow-list sees: a forwarded-for header changes nothing.
+    fenced = httpx.post(
+        f"{first}/v1/keel/keys",
+        json={"user": f"svc-{team}", "name": "fenced", "ip_allowlist": ["10.9.9.9/32"]},
+        headers=admin,
+    ).json()["secret"]
+    spoofed = httpx.get(
+        f"{first}/v1/keel/whoami",
+        headers={"authorization": f"Bearer {fenced}", "x-forwarded-for": "10.9.9.9"},
+    )
+    assert spoofed.status_code == 403
+    assert spoofed.json()["error"]["code"] == "ip_not_allowed"

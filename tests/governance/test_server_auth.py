@@ -18,7 +18,7 @@ from keel.governance.bootstrap import ADMIN_KEY_FILE
 from keel.governance.config import AuthConfig
 from keel.server import create_app
 from tests.conftest import remote_settings, running_app
-from tests.governance.test_oidc import AUDIENCE, ISSUER, mint, public_jwk
+from tests.governance.oidc_helpers import AUDIENCE, ISSUER, mint, public_jwk
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ async def test_sso_tokens_through_the_app(tmp_path: Path) -> None:
         assert me.status_code == 200, me.text
         body = me.json()
         assert (body["name"], body["kind"], body["role"], body["team"]) == (
-            "alice@example.com",
+            "oidc:alice@example.com",
             "oidc",
             "maintainer",
             "research",
@@ -116,7 +116,9 @@ async def test_a_second_replica_sees_revocations(tmp_path: Path, postgres_url: s
         await _eventually(second, bob, 200)
         revoked = await first.post(f"/v1/keel/keys/{created.json()['id']}/revoke", headers=admin)
         assert revoked.json()["status"] == "revoked"
-        assert (await first.get("/v1/keel/whoami", headers=bob)).status_code in (200, 401)
+        assert (
+            await first.get("/v1/keel/whoami", headers=bob)
+        ).status_code == 401  # applied before acknowledged
         await _eventually(second, bob, 401)
 
 
@@ -148,3 +150,24 @@ async def test_a_revocation_applies_before_it_is_acknowledged(tmp_path: Path) ->
             assert (await client.get("/v1/keel/whoami", headers=eve)).status_code == 401
         disabled = await client.patch("/v1/keel/users/eve", json={"disabled": True}, headers=admin)
         assert disabled.json()["disabled"] is True
+
+
+async def test_replicas_starting_together_on_a_fresh_database(postgres_url: str) -> None:
+    import asyncio
+
+    from keel.governance.access import Access
+    from keel.governance.config import AuthConfig
+    from keel.governance.directory import Directory
+    from keel.store import Database
+
+    databases = [Database(postgres_url) for _ in range(4)]
+    databases[0].migrate()
+    accesses = [
+        Access(Directory(database), AuthConfig(required=True), host="0.0.0.0")
+        for database in databases
+    ]
+    await asyncio.gather(*(access.start() for access in accesses))
+    assert [org["name"] for org in Directory(databases[0]).list_orgs()] == ["default"]
+    for access, database in zip(accesses, databases, strict=True):
+        await access.close()
+        database.dispose()

@@ -38,4 +38,7 @@ def serve(
         log_level=server.log_level,
         access_log=False,
         timeout_graceful_shutdown=30,
+        # The peer address is what IP allow-lists and the audit log trust: never let a header
+        # (X-Forwarded-For from any local process) rewrite it.
+        proxy_headers=False,
     )

@@ -16,7 +16,7 @@ from keel.routing import AttemptTrace
 if TYPE_CHECKING:
     from keel.gateway.caching import CachePlan
     from keel.governance.guardrails import Screening
-    from keel.governance.policy import Residency
+    from keel.governance.policy import Estimate, Residency
     from keel.governance.quotas import Reservation
     from keel.identity import Actor
     from keel.providers import Provider
@@ -57,6 +57,9 @@ class Call:
     residency: Residency | None = None
     screening: Screening | None = None
     reservation: Reservation | None = None
+    fallback_reservations: list[tuple[str, Reservation]] = field(default_factory=list)
+    estimate: Estimate | None = None  # what the reservation was made for
+    relaying: bool = False  # a stream's relay started (it finishes the call itself)
 
     @property
     def provider(self) -> Provider | None:

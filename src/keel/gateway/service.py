@@ -24,6 +24,7 @@ from keel.errors import InvalidRequestError, KeelError, UpstreamBadResponseError
 from keel.gateway.caching import CachePlan, ResponseCaching
 from keel.gateway.call import CLIENT_CLOSED_REQUEST, Call
 from keel.gateway.legacy import chat_request_for, text_chunks, text_completion_for
+from keel.gateway.metering import Metering
 from keel.gateway.pricing import PriceTable, Usage
 from keel.gateway.screening import StreamScreen
 from keel.gateway.sse import DONE, encode_error, encode_event
@@ -67,6 +68,9 @@ class Reply:
     headers: dict[str, str]
     body: dict[str, Any] | None = None
     stream: AsyncIterator[bytes] | None = None
+    # For a stream: what the server calls once the response is over. If the client left
+    # before the stream was ever read, the relay never ran, and this finishes the call instead.
+    done: Callable[[], None] | None = None
 
 
 class Gateway:
@@ -85,7 +89,7 @@ class Gateway:
         self.caching = caching or ResponseCaching(None)
         self.registry = registry
         self.governance = governance or Governance()
-        self._settling: set[asyncio.Task[None]] = set()
+        self.metering = Metering(self.governance.policy, self.governance.quotas)
 
     async def chat_completions(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
@@ -93,7 +97,7 @@ class Gateway:
             cache_control = self.caching.control(request, call.request_headers)
             group = self._route(call, request, "chat")
             await self._screen_input(call, request, group)
-            await self._reserve(call, request, group)
+            await self.metering.reserve(call, request, group)
             call.cache_plan = self._cache_plan(call, group, request, cache_control)
             if call.cache_plan is not None:
                 cached = await self.caching.lookup(call.cache_plan)
@@ -106,17 +110,18 @@ class Gateway:
                     provider.check_chat_request(request)
                     return _first_chunk(provider.chat_stream(request))
 
-                opened = await self._attempt(call, group, open_stream, stream=True)
+                opened = await self._attempt(call, group, open_stream, request, stream=True)
                 return self._stream_reply(call, opened, request.wants_usage_chunk())
 
             def complete(provider: Provider) -> Awaitable[dict[str, Any]]:
                 provider.check_chat_request(request)
                 return provider.chat(request)
 
-            response = await self._attempt(call, group, complete)
+            response = await self._attempt(call, group, complete, request)
+            self._account(call, response.get("usage"))  # paid, whatever the guardrails say
             await self._screen_output(call, response)
             self.caching.store(call.cache_plan, response)
-            return self._respond(call, response)
+            return self._reply(call, response)
 
     async def completions(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
@@ -124,7 +129,7 @@ class Gateway:
             take_cache_field(request)  # only chat completions are cached; never forward it
             group = self._route(call, request, "completions")
             await self._screen_input(call, request, group)
-            await self._reserve(call, request, group)
+            await self.metering.reserve(call, request, group)
             wants_usage = bool(request.stream_options and request.stream_options.include_usage)
             if request.stream:
 
@@ -135,7 +140,7 @@ class Gateway:
                     provider.check_chat_request(chat_request)
                     return _first_chunk(text_chunks(provider.chat_stream(chat_request)))
 
-                opened = await self._attempt(call, group, open_stream, stream=True)
+                opened = await self._attempt(call, group, open_stream, request, stream=True)
                 return self._stream_reply(call, opened, wants_usage)
 
             async def complete(provider: Provider) -> dict[str, Any]:
@@ -145,9 +150,10 @@ class Gateway:
                 provider.check_chat_request(chat_request)
                 return text_completion_for(await provider.chat(chat_request))
 
-            response = await self._attempt(call, group, complete)
+            response = await self._attempt(call, group, complete, request)
+            self._account(call, response.get("usage"))
             await self._screen_output(call, response)
-            return self._respond(call, response)
+            return self._reply(call, response)
 
     async def embeddings(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
@@ -155,9 +161,12 @@ class Gateway:
             take_cache_field(request)
             group = self._route(call, request, "embeddings")
             await self._screen_input(call, request, group)
-            await self._reserve(call, request, group)
-            response = await self._attempt(call, group, lambda provider: provider.embed(request))
-            return self._respond(call, response)
+            await self.metering.reserve(call, request, group)
+            response = await self._attempt(
+                call, group, lambda provider: provider.embed(request), request
+            )
+            self._account(call, response.get("usage"))
+            return self._reply(call, response)
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -211,7 +220,12 @@ class Gateway:
         guardrails = self.governance.guardrails
         if guardrails is None or not guardrails.active:
             return
-        external = any(not d.provider.is_local for d in group.deployments)
+        # Fallbacks count: a prompt screened as "local" must not reach a remote fallback.
+        external = any(
+            not d.provider.is_local
+            for chained in self.router.chain(group)
+            for d in chained.deployments
+        )
         actor = call.actor
         call.screening = await guardrails.screen_request(
             request, team=actor.team if actor else None, model=group.id, external=external
@@ -221,17 +235,6 @@ class Gateway:
         guardrails = self.governance.guardrails
         if guardrails is not None and call.screening is not None:
             await guardrails.screen_response(call.screening, response)
-
-    async def _reserve(self, call: Call, request: BaseModel, group: ModelGroup) -> None:
-        policy, quotas = self.governance.policy, self.governance.quotas
-        if policy is None or quotas is None or call.actor is None:
-            return
-        limits = policy.limits_for(call.actor, group.id, call.resolved)
-        if limits:
-            estimate = policy.estimate(request, group)
-            call.reservation = await quotas.reserve(
-                limits, tokens=estimate.tokens, usd=estimate.usd
-            )
 
     def _cache_plan(
         self, call: Call, group: ModelGroup, request: ChatCompletionRequest, control: Any
@@ -246,6 +249,7 @@ class Gateway:
         call: Call,
         group: ModelGroup,
         invoke: Callable[[Provider], Awaitable[T]],
+        request: BaseModel,
         *,
         stream: bool = False,
     ) -> T:
@@ -255,7 +259,12 @@ class Gateway:
         try:
             regions = call.residency.regions if call.residency is not None else None
             return await self.router.execute(
-                group, invoke, call.trace, hold=stream, regions=regions
+                group,
+                invoke,
+                call.trace,
+                hold=stream,
+                regions=regions,
+                enter_fallback=self.metering.fallback_entry(call, request),
             )
         finally:
             call.upstream_s += time.perf_counter() - started
@@ -279,8 +288,7 @@ class Gateway:
         if price is not None:
             call.cost_usd = self.prices.cost(price, call.usage)
 
-    def _respond(self, call: Call, response: dict[str, Any]) -> Reply:
-        self._account(call, response.get("usage"))
+    def _reply(self, call: Call, response: dict[str, Any]) -> Reply:
         return Reply(headers=call.headers(), body=response)
 
     async def _serve_cached(
@@ -290,7 +298,8 @@ class Gateway:
         if request.stream:
             opened = await _first_chunk(_iterate(replay(cached)))
             return self._stream_reply(call, opened, request.wants_usage_chunk())
-        return self._respond(call, cached)
+        self._account(call, cached.get("usage"))
+        return self._reply(call, cached)
 
     # -- streaming -------------------------------------------------------------------------
 
@@ -302,6 +311,7 @@ class Gateway:
         call.stream_overhead_ms = call.overhead_ms()
         reply = Reply(headers=call.headers())
         reply.stream = self._relay(call, first, rest, include_usage)
+        reply.done = lambda: self._abandon_unread(call, rest)
         return reply
 
     async def _relay(
@@ -311,6 +321,7 @@ class Gateway:
         rest: AsyncIterator[dict[str, Any]],
         include_usage: bool,
     ) -> AsyncIterator[bytes]:
+        call.relaying = True
         usage: dict[str, Any] | None = None
         content_chunks = 0
         completed = False
@@ -340,6 +351,8 @@ class Gateway:
             if screen is not None:
                 tail = screen.finish()
                 if tail is not None:
+                    if storing:
+                        relayed.append(dict(tail))
                     yield encode_event(tail)
                 await screen.check_output()
             completed = True
@@ -372,6 +385,20 @@ class Gateway:
                 log.exception("finishing stream %s failed", call.request_id)
             finally:
                 self._finish(call)
+
+    def _abandon_unread(self, call: Call, rest: AsyncIterator[dict[str, Any]]) -> None:
+        """The response ended without the relay ever starting (the client left first): free the
+        deployment, stop the upstream stream, and finish the call as abandoned."""
+        if call.relaying:
+            return
+        call.relaying = True
+        call.status_code = CLIENT_CLOSED_REQUEST
+        self._end_stream(call)
+        close = getattr(rest, "aclose", None)
+        if close is not None:
+            closing = asyncio.get_running_loop().create_task(close())
+            closing.add_done_callback(_log_failure)
+        self._finish(call)
 
     def _end_stream(self, call: Call) -> None:
         deployment = call.trace.deployment
@@ -407,7 +434,7 @@ class Gateway:
     def _finish(self, call: Call) -> None:
         """Settle the quota reservation, then write the record and the audit entry; all of it
         off the request path."""
-        self._settle(call)
+        self.metering.settle(call)
         record = call.record()
         self.recorder.add(record)
         audit = self.governance.audit
@@ -421,32 +448,14 @@ class Gateway:
                 detail=_audit_detail(record),
             )
 
-    def _settle(self, call: Call) -> None:
-        quotas, reservation = self.governance.quotas, call.reservation
-        if quotas is None or reservation is None:
-            return
-        call.reservation = None
-        if call.trace.attempts == 0 and call.cache_status != "hit" and call.error is not None:
-            # Refused before any provider was asked: the request doesn't count either.
-            settling = quotas.release(reservation)
-        else:
-            usage = call.usage
-            tokens = usage.prompt_tokens + usage.completion_tokens if usage else 0
-            settling = quotas.settle(reservation, tokens=tokens, usd=call.cost_usd or 0.0)
-        task = asyncio.get_running_loop().create_task(settling)
-        self._settling.add(task)
-        task.add_done_callback(self._settled)
-
     async def drain(self) -> None:
-        """Wait for the quota settlements still running (at shutdown, before the quota store
-        closes)."""
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        """Wait for the quota settlements still running (at shutdown)."""
+        await self.metering.drain()
 
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self._settling.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("settling a quota reservation failed: %r", task.exception())
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("closing an abandoned stream failed: %r", task.exception())
 
 
 def _audit_detail(record: dict[str, Any]) -> dict[str, Any]:

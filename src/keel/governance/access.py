@@ -133,7 +133,10 @@ class Access:
 
     async def refresh(self) -> None:
         data = await asyncio.to_thread(self.directory.load)
-        self._snapshot = _build_snapshot(data)
+        # Loads can finish out of order (the poller's and a write's): never go back to an
+        # older state, which could bring a revoked key back for a moment.
+        if data.version >= self._snapshot.version:
+            self._snapshot = _build_snapshot(data)
 
     async def apply_change(self) -> None:
         """A write went through this replica: rebuild the snapshot before acknowledging it.
@@ -269,6 +272,8 @@ def _allowed_from(
         address = ipaddress.ip_address(client_ip)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket's view of an IPv4 client
     return any(address in network for network in networks)
 
 

@@ -45,7 +45,10 @@ async def bootstrap_admin(
         lambda: directory.create_key("admin", name="bootstrap", created_by=_SYSTEM)
     )
     path = settings.home_dir / ADMIN_KEY_FILE
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A fresh file, owner-only from its first byte: never an existing file's looser mode, and
+    # never through a symlink someone left at that path.
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         file.write(secret + "\n")
     audit.record("user.create", actor=_SYSTEM, target="admin", after=user)

@@ -6,17 +6,49 @@ Kept apart from `keel.config` so that module stays about the gateway; `Settings`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = ["AuthConfig", "LimitSet", "OidcIssuerConfig", "QuotaConfig", "ResidencyConfig"]
 
 Role = Literal["admin", "maintainer", "developer", "viewer"]
 
+# Upper bounds for limits: far above any real quota, and low enough that a limit always fits
+# the quota store's 64-bit counters (USD are counted in micro-dollars: 10**9 USD is 10**15).
+MAX_COUNT = 10**15
+MAX_USD = 10**9
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        # PostgreSQL refuses NUL in text, a path with one cannot be opened, and a lone surrogate
+        # cannot be encoded at all: refuse them here, where the error still names the field,
+        # rather than as a 500 later.
+        if not _storable(value):
+            raise ValueError("must not contain NUL characters or lone surrogates")
+        return value
+
+
+def _storable(value: Any) -> bool:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str | Path):
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return "\x00" not in text
+    if isinstance(value, dict):
+        return all(_storable(key) and _storable(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return all(_storable(item) for item in value)
+    return True
 
 
 class OidcIssuerConfig(_Section):
@@ -59,11 +91,11 @@ class AuthConfig(_Section):
 class LimitSet(_Section):
     """Limits for one key, user, team or model. Unset means unlimited."""
 
-    rpm: int | None = Field(default=None, ge=0, description="Requests per minute.")
-    tpm: int | None = Field(default=None, ge=0, description="Tokens per minute.")
-    tokens_per_day: int | None = Field(default=None, ge=0)
-    usd_per_day: float | None = Field(default=None, ge=0)
-    usd_per_month: float | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0, le=MAX_COUNT, description="Requests per minute.")
+    tpm: int | None = Field(default=None, ge=0, le=MAX_COUNT, description="Tokens per minute.")
+    tokens_per_day: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    usd_per_day: float | None = Field(default=None, ge=0, le=MAX_USD, allow_inf_nan=False)
+    usd_per_month: float | None = Field(default=None, ge=0, le=MAX_USD, allow_inf_nan=False)
 
     def is_empty(self) -> bool:
         return all(value is None for value in self.model_dump().values())

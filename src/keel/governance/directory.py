@@ -8,6 +8,7 @@ Writes return `(before, after)` so the caller can audit them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import re
@@ -24,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keel.errors import ConflictError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from keel.governance import tables as db
+from keel.governance.keys import KeyBounds, KeyRequest
 from keel.identity import ROLES, Actor, role_rank
 from keel.store.database import Database
 
@@ -161,7 +163,8 @@ class Directory:
     def ensure_default_org(self) -> None:
         with self._writing() as connection:
             if connection.scalar(select(db.organizations.c.id).limit(1)) is None:
-                self._insert_org(connection, DEFAULT_ORG)
+                with contextlib.suppress(ConflictError):  # a replica starting alongside won
+                    self._insert_org(connection, DEFAULT_ORG)
 
     def create_org(self, name: str) -> Change:
         with self._writing() as connection:
@@ -263,7 +266,7 @@ class Directory:
         *,
         name: str,
         created_by: Actor,
-        environment: str = "production",
+        environment: str | None = None,
         role: str | None = None,
         models: list[str] | None = None,
         routes: list[str] | None = None,
@@ -271,17 +274,28 @@ class Directory:
         expires_at: datetime | None = None,
         limits: Mapping[str, Any] | None = None,
         rotated_from: str | None = None,
+        bounds: KeyBounds | None = None,
+        limits_are_kept: bool = False,
     ) -> tuple[dict[str, Any], str]:
-        """A new key for `user`: its description and the secret, which is never seen again."""
+        """A new key for `user`: its description and the secret, which is never seen again.
+        With `bounds` (the creator's own grants), nothing in it may be wider than them."""
+        if role is not None:
+            _role(role)
+        asked = KeyRequest(role, environment, models, routes, ip_allowlist, expires_at, limits)
+        if bounds is not None:
+            asked = bounds.narrow(asked, limits_are_kept=limits_are_kept)
+        environment = asked.environment or "production"
         if environment not in ENVIRONMENTS:
             raise InvalidRequestError(
                 "environment must be production or sandbox", param="environment"
             )
+        role, expires_at = asked.role, asked.expires_at
         with self._writing() as connection:
             owner = _principal_row(connection, user)
             _may_manage_keys_of(created_by, owner)
+            if role is None and role_rank(created_by.role) > role_rank(owner.role):
+                role = created_by.role  # never more than the creator holds
             if role is not None:
-                _role(role)
                 if role_rank(role) < role_rank(owner.role):
                     raise InvalidRequestError(
                         f"role: a key can't hold more than its owner's role ({owner.role})",
@@ -303,11 +317,12 @@ class Directory:
                 "prefix": key_prefix(secret),
                 "secret_hash": hash_secret(secret),
                 "environment": environment,
-                "role": role,
-                "models": _model_list(models),
-                "routes": _route_classes(routes),
-                "ip_allowlist": _networks(ip_allowlist),
-                "limits": dict(limits or {}),
+                # As strong as the owner: stored as "the owner's role", following it.
+                "role": None if role == owner.role else role,
+                "models": _model_list(asked.models),
+                "routes": _route_classes(asked.routes),
+                "ip_allowlist": _networks(asked.ip_allowlist),
+                "limits": dict(asked.limits or {}),
                 "expires_at": expires_at,
                 "revoked_at": None,
                 "rotated_from": rotated_from,
@@ -332,7 +347,7 @@ class Directory:
             return before, _key(_key_row(connection, key_id), names, self._clock())
 
     def rotate_key(
-        self, key_id: str, *, by: Actor, overlap_s: int
+        self, key_id: str, *, by: Actor, overlap_s: int, bounds: KeyBounds | None = None
     ) -> tuple[dict[str, Any], dict[str, Any], str]:
         """A new key with the same grants; the old one keeps working for `overlap_s` seconds.
         Returns (old key after, new key, new secret)."""
@@ -347,18 +362,26 @@ class Directory:
         lifetime = None
         if old.expires_at is not None:
             lifetime = _aware(old.expires_at) - _aware(old.created_at)
+        expires_at = now + lifetime if lifetime is not None else None
+        if bounds is not None and bounds.expires_at is not None:
+            # A key with an expiry can't extend itself by rotating: the replacement ends when
+            # the credential rotating it does, at the latest.
+            expires_at = min(expires_at or bounds.expires_at, bounds.expires_at)
         new_key, secret = self.create_key(
             owner.name,
             name=old.name,
             created_by=by,
             environment=old.environment,
-            role=old.role,
+            # Explicit, so a rotation by a weaker credential is refused, not quietly weakened.
+            role=old.role or owner.role,
             models=old.models,
             routes=old.routes,
             ip_allowlist=old.ip_allowlist,
-            expires_at=now + lifetime if lifetime is not None else None,
+            expires_at=expires_at,
             limits=old.limits,
             rotated_from=old.id,
+            bounds=bounds,
+            limits_are_kept=True,
         )
         retire_at = now + timedelta(seconds=overlap_s)
         with self._writing() as connection:

@@ -8,6 +8,11 @@ without letting random key ids turn into a flood of fetches. A verified token is
 (by its SHA-256) for up to a minute, never past its `exp`, so a client's repeated requests skip
 the signature check; a JWKS change that drops a key forgets them all.
 
+An actor from a token is named `oidc:<claim value>`: Keel's own user names hold no colon, so
+a token can never pass for a Keel user where names are compared (cache scopes, request-record
+visibility, usage). Its `principal_id` is `oidc:` and 16 hex digits of SHA-256 over the issuer
+and the claim value, so the same subject at two issuers stays two principals.
+
 Every refusal is an `AuthenticationError` with a short fixed reason. Nothing taken from the
 token, not even its unverified claims, goes into a message or a log line: tokens are
 credentials, and the claims of a forged one are attacker-chosen text.
@@ -49,7 +54,9 @@ _RETRY_AFTER_FAILURE_S = 5.0
 # Real tokens with many group claims reach a few KB; anything far beyond is not worth parsing.
 _MAX_TOKEN_CHARS = 16_384
 _MAX_JWKS_BYTES = 1 << 20
-_MAX_NAME_CHARS = 128
+# Of a claim value; the actor's name adds the prefix, which no Keel user name can start with.
+_MAX_NAME_CHARS = 123  # with the "oidc:" prefix, a name fits the 128-character columns
+_NAME_PREFIX = "oidc:"
 # Verified tokens are remembered this long at most (and never past their `exp`): a signature
 # check costs ~115-150 µs of event-loop time (RS256 / ES256), a hit ~5 µs.
 _RESULT_TTL_S = 60.0
@@ -186,6 +193,13 @@ class OidcVerifier:
         """Load every issuer's keys. A URL that fails is logged and retried on demand; a file
         that fails is a configuration error."""
         issuers = list(self._issuers.values())
+        for issuer in issuers:
+            if issuer.config.audience is None:
+                log.warning(
+                    "OIDC issuer %s has no audience configured: tokens it issued for other "
+                    "applications are accepted too",
+                    issuer.config.issuer,
+                )
         failures = await asyncio.gather(*(self._start_fetch(issuer) for issuer in issuers))
         for issuer, failure in zip(issuers, failures, strict=True):
             if failure is not None and issuer.config.jwks_file is not None:
@@ -399,6 +413,11 @@ def _name(value: Any) -> str | None:
     return None
 
 
+def _principal_id(issuer: str, user: str) -> str:
+    digest = hashlib.sha256(f"{issuer}\n{user}".encode()).hexdigest()
+    return f"{_NAME_PREFIX}{digest[:16]}"
+
+
 def _actor_from(claims: dict[str, Any], config: OidcIssuerConfig) -> Actor:
     user = _name(claims.get(config.user_claim))
     if user is None:
@@ -418,7 +437,8 @@ def _actor_from(claims: dict[str, Any], config: OidcIssuerConfig) -> Actor:
         else frozenset()
     )
     return Actor(
-        name=user,
+        name=f"{_NAME_PREFIX}{user}",
+        principal_id=_principal_id(config.issuer, user),
         roles=roles or frozenset({config.default_role}),
         kind="oidc",
         team=team,

@@ -119,7 +119,7 @@ class RequestPolicy:
             return []
         limits = self.usage_limits(
             key=actor.key_id,
-            user=actor.name if actor.principal_id is not None else None,
+            user=actor.name if actor.kind in ("user", "service_account") else None,
             team=actor.team,
             model=group_id,
         )
@@ -131,6 +131,11 @@ class RequestPolicy:
             scope = f"registry:{resolved.name}"
             limits += limits_from(scope, f"registry model {resolved.name}", card)
         return limits
+
+    def model_limits(self, group_id: str) -> list[Limit]:
+        """A model's own limits, over every caller (checked again when a fallback is used)."""
+        found = self.quotas.models.get(group_id) if self.quotas.enabled else None
+        return [] if found is None else limits_from(f"model:{group_id}", f"model {group_id}", found)
 
     def usage_limits(
         self,

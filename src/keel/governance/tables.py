@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -104,7 +105,10 @@ governance_state = Table(
 audit_log = Table(
     "audit_log",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    # 64-bit; SQLite autoincrements only an INTEGER PRIMARY KEY (itself 64-bit there).
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("id", String(40), nullable=False, unique=True),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("actor", String(NAME), nullable=False),

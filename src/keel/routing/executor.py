@@ -51,6 +51,7 @@ class AttemptTrace:
 
     tried: list[tuple[str, str]] = field(default_factory=list)  # (deployment id, outcome)
     deployment: Deployment | None = None
+    group: str | None = None  # the group of `deployment`: the requested one or a fallback
 
     @property
     def attempts(self) -> int:
@@ -87,15 +88,25 @@ async def execute(
     *,
     hold: bool = False,
     regions: frozenset[str] | None = None,
+    enter_fallback: Callable[[ModelGroup], Awaitable[None]] | None = None,
 ) -> T:
     """Run `invoke` on the group's deployments until one answers. With `hold`, the answering
-    deployment keeps the request counted in flight until `stream_ended` is reported."""
+    deployment keeps the request counted in flight until `stream_ended` is reported.
+    `enter_fallback` runs before a fallback group is tried; a KeelError from it (a quota of
+    that model, say) skips the group like one with nothing to offer."""
     deadline = time.monotonic() + group.retry.deadline_s
     queue = [group.id, *group.fallbacks]
     last_error: KeelError | None = None
     while queue:
         current = group if queue[0] == group.id else resolve(queue[0])
         queue.pop(0)
+        if current is not group and enter_fallback is not None:
+            try:
+                await enter_fallback(current)
+            except KeelError as refused:
+                last_error = refused
+                continue
+        trace.group = current.id
         try:
             return await _run_group(current, invoke, trace, deadline, hold, regions)
         except _Redirect as redirect:

@@ -160,10 +160,34 @@ class Router:
         *,
         hold: bool = False,
         regions: frozenset[str] | None = None,
+        enter_fallback: Callable[[ModelGroup], Awaitable[None]] | None = None,
     ) -> T:
         """Run `invoke` through retries and fallbacks; with `regions`, only on deployments in
         those regions (local deployments always qualify: no data leaves the machine)."""
-        return await execute(group, invoke, self.group, trace, hold=hold, regions=regions)
+        return await execute(
+            group,
+            invoke,
+            self.group,
+            trace,
+            hold=hold,
+            regions=regions,
+            enter_fallback=enter_fallback,
+        )
+
+    def chain(self, group: ModelGroup) -> list[ModelGroup]:
+        """The group and every group a request for it may end up on: its fallbacks, and its
+        context-window and content-policy fallbacks."""
+        found = [group]
+        for target in [
+            *group.fallbacks,
+            group.context_window_fallback,
+            group.content_policy_fallback,
+        ]:
+            if target is not None and target in self._groups:
+                candidate = self._groups[target]
+                if candidate not in found:
+                    found.append(candidate)
+        return found
 
     def describe(self, model: str) -> dict[str, Any]:
         return self._card(self.group(model))

@@ -12,14 +12,21 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from keel.errors import InvalidRequestError, PermissionDeniedError
+from keel.errors import InvalidRequestError, KeelError
 from keel.governance.permissions import PUBLIC_ROUTES, Permission, permission_for
 from keel.identity import ROLES, Actor
 
 if TYPE_CHECKING:
     from keel.server.services import Services
 
-__all__ = ["audited", "authenticate_inference", "authorized", "client_ip", "current_actor"]
+__all__ = [
+    "audited",
+    "authenticate_inference",
+    "authorized",
+    "client_ip",
+    "current_actor",
+    "record_denial",
+]
 
 _LOCAL = Actor("local", frozenset({"admin"}), kind="local")
 
@@ -41,7 +48,7 @@ async def authorized(request: Request) -> None:
     if (method, path) in PUBLIC_ROUTES:
         return
     keel: Services = request.app.state.keel
-    actor = await keel.access.authenticate(request.headers, client_ip(request))
+    actor = await _authenticated(keel, request)
     if actor.kind == "local":
         actor = _acting_as(request, actor)
     _authorize(keel, actor, permission_for(method, path), f"{method} {path}")
@@ -51,9 +58,17 @@ async def authorized(request: Request) -> None:
 async def authenticate_inference(
     keel: Services, request: Request, permission: Permission, what: str
 ) -> Actor:
-    actor = await keel.access.authenticate(request.headers, client_ip(request))
+    actor = await _authenticated(keel, request)
     _authorize(keel, actor, permission, what)
     return actor
+
+
+async def _authenticated(keel: Services, request: Request) -> Actor:
+    """The actor `AuthenticateFirst` found; authenticated here when the app runs without it."""
+    found: Actor | None = request.scope.get("state", {}).get("actor")
+    if found is not None:
+        return found
+    return await keel.access.authenticate(request.headers, client_ip(request))
 
 
 def _acting_as(request: Request, local: Actor) -> Actor:
@@ -81,13 +96,20 @@ def _acting_as(request: Request, local: Actor) -> Actor:
 
 
 def _authorize(keel: Services, actor: Actor, permission: Permission | None, what: str) -> None:
-    try:
-        keel.access.authorize(actor, permission, what)
-    except PermissionDeniedError as exc:
-        keel.audit.record(
-            "access.denied", actor=actor, target=what, outcome="denied", detail={"code": exc.code}
-        )
-        raise
+    # A refusal reaches the error handler (or, for inference, `_serve`), which audits it.
+    keel.access.authorize(actor, permission, what)
+
+
+def record_denial(keel: Services, actor: Actor | None, what: str, error: KeelError) -> None:
+    """A refused request, in the audit log: who tried what, and why it was refused."""
+    keel.audit.record(
+        "access.denied" if error.status_code == 403 else "access.unauthenticated",
+        actor=actor,
+        target=what[:255],
+        outcome=str(error.status_code),
+        detail={"code": error.code},
+        source_ip=actor.source_ip if actor else None,
+    )
 
 
 def audited(

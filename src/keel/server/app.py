@@ -14,6 +14,7 @@ from keel.errors import ConfigError
 from keel.governance.access import is_loopback
 from keel.routing.router import check_deployments
 from keel.server.access import authorized
+from keel.server.authentication import AuthenticateFirst
 from keel.server.errors import install_error_handlers
 from keel.server.routes import audit, governance, inference, operations, registry
 from keel.server.services import running_services
@@ -53,6 +54,8 @@ def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
         summary="OpenAI-compatible gateway over every LLM provider and local models.",
         lifespan=lifespan,
     )
+    # Added first so it runs inside ArrivalTime: the overhead figure includes authentication.
+    app.add_middleware(AuthenticateFirst)
     app.add_middleware(ArrivalTime)
     install_error_handlers(app)
     # The inference routes authenticate inline (no dependency injection on the hot path);

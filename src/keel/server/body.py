@@ -1,11 +1,34 @@
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request
+from pydantic import BaseModel, ConfigDict, field_validator
 from starlette.requests import ClientDisconnect
 
 from keel.errors import ClientClosedRequestError, InvalidRequestError, RequestTooLargeError
 
-__all__ = ["read_body"]
+__all__ = ["StoredBody", "read_body"]
+
+
+class StoredBody(BaseModel):
+    """A management request body whose text ends up in the database: unknown fields are
+    refused, and so is text no database column can hold (NUL, lone surrogates)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        for text in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(text, str):
+                if "\x00" in text:
+                    raise ValueError("text cannot contain NUL characters")
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("text holds an invalid (lone surrogate) character") from None
+        return value
 
 
 async def read_body(request: Request, limit: int) -> bytes:

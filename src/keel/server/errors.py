@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from keel.errors import InvalidRequestError, KeelError
+from keel.errors import InvalidRequestError, KeelError, PermissionDeniedError
 
 __all__ = ["error_response", "install_error_handlers"]
 
@@ -34,9 +34,26 @@ def error_response(error: KeelError, headers: dict[str, str] | None = None) -> R
     )
 
 
-async def _keel_error(_request: Request, exc: Exception) -> Response:
+async def _keel_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KeelError)
+    if isinstance(exc, PermissionDeniedError):
+        _audit_refusal(request, exc)
     return error_response(exc)
+
+
+def _audit_refusal(request: Request, error: PermissionDeniedError) -> None:
+    """Every refusal of a management route, the permission matrix's and the route's own."""
+    keel = getattr(request.app.state, "keel", None)
+    actor = request.scope.get("state", {}).get("actor")
+    audit = getattr(keel, "audit", None)
+    if audit is not None:
+        audit.record(
+            "access.denied",
+            actor=actor,
+            target=f"{request.method} {request.url.path}"[:255],
+            outcome="403",
+            detail={"code": error.code},
+        )
 
 
 async def _validation_error(_request: Request, exc: Exception) -> Response:

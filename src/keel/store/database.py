@@ -34,7 +34,9 @@ class Database:
         parsed = make_url(self.url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
+        # hide_parameters: a logged database error names the statement, never the values bound
+        # to it (secret hashes, emails, audit entries).
+        self.engine: Engine = create_engine(self.url, pool_pre_ping=True, hide_parameters=True)
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
 

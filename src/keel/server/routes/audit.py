@@ -7,6 +7,7 @@ are themselves audited: who took a copy of the log, and who checked it, is part 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,8 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/keel/audit", tags=["audit"])
 
-# seq is an integer column; beyond this no entry can exist and SQLite cannot bind the number.
+# seq is a 64-bit integer column: beyond this no entry can exist, and neither SQLite nor
+# PostgreSQL could bind the number (a 400, not a 500).
 MAX_SEQ = 2**63 - 1
 _SINCE = Query(None, max_length=64, description="ISO-8601, inclusive; naive times are UTC.")
 _UNTIL = Query(None, max_length=64, description="ISO-8601, exclusive; naive times are UTC.")
@@ -91,11 +93,18 @@ async def export_entries(
     """Every matching entry, one JSON object a line (application/x-ndjson), streamed."""
     filters = _filters(since, until, actor, action)
     audit = _audit_log(request)
-    audited(request, "audit.export", None, detail={"filters": {**filters, "after_seq": after_seq}})
-    # A sync iterator: Starlette reads it in a worker thread, one page of entries at a time.
-    lines = audit.export(**filters, after_seq=after_seq)
+    detail = {"filters": {**filters, "after_seq": after_seq}}
+
+    def lines() -> Iterator[str]:
+        # A sync iterator: Starlette reads it in a worker thread, one page at a time. The
+        # export's own entry is recorded once it is read, so it never lands inside itself.
+        try:
+            yield from audit.export(**filters, after_seq=after_seq)
+        finally:
+            audited(request, "audit.export", None, detail=detail)
+
     return StreamingResponse(
-        lines,
+        lines(),
         media_type="application/x-ndjson",
         headers={"content-disposition": 'attachment; filename="keel-audit.jsonl"'},
     )

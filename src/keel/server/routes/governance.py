@@ -11,15 +11,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 from starlette.responses import JSONResponse
 
 from keel.errors import InvalidRequestError, PermissionDeniedError
 from keel.governance.config import LimitSet
 from keel.governance.directory import Directory
+from keel.governance.keys import KeyBounds
 from keel.governance.permissions import role_allows
 from keel.identity import Actor
 from keel.server.access import audited, current_actor
+from keel.server.body import StoredBody
 from keel.server.services import Services
 
 __all__ = ["router"]
@@ -30,11 +32,10 @@ _NO_NUL = r"^[^\x00]*$"
 _NAME_PATH = Path(..., min_length=1, max_length=128, pattern=_NO_NUL)
 _KEY_ID = Path(..., min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_]+$")
 Role = Literal["admin", "maintainer", "developer", "viewer"]
-Name = str
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Body = StoredBody
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)  # far enough; every database stores it
 
 
 class OrgBody(_Body):
@@ -65,23 +66,32 @@ class UserBody(_Body):
 
 class UserPatch(_Body):
     role: Role | None = None
-    team: str | None = Field(default=None, max_length=128)
+    team: str | None = Field(default=None, max_length=128, description="null: no team.")
     email: str | None = Field(default=None, max_length=320)
     limits: LimitSet | None = None
     disabled: bool | None = None
+
+    @model_validator(mode="after")
+    def _no_nulls_where_meaningless(self) -> UserPatch:
+        for field in ("role", "disabled"):
+            if field in self.model_fields_set and getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
 
 
 class KeyBody(_Body):
     name: str = Field(default="default", min_length=1, max_length=128)
     user: str | None = Field(default=None, max_length=128, description="Default: yourself.")
-    environment: Literal["production", "sandbox"] = "production"
+    environment: Literal["production", "sandbox"] | None = Field(
+        default=None, description="Default: production (sandbox for a sandbox credential)."
+    )
     role: Role | None = Field(default=None, description="Narrower than the owner's role.")
     models: list[str] | None = Field(default=None, max_length=200)
     routes: list[Literal["inference", "management"]] | None = None
     ip_allowlist: list[str] | None = Field(default=None, max_length=100)
     expires_at: datetime | None = None
     expires_in_s: int | None = Field(default=None, ge=1, le=10 * 365 * 86400)
-    limits: LimitSet = Field(default_factory=LimitSet)
+    limits: LimitSet | None = Field(default=None, description="Admins only.")
 
 
 class RotateBody(_Body):
@@ -166,7 +176,7 @@ async def update_team(request: Request, body: TeamPatch, name: str = _NAME_PATH)
 @router.get("/users")
 async def list_users(
     request: Request,
-    team: str | None = Query(None, max_length=128),
+    team: str | None = Query(None, max_length=128, pattern=_NO_NUL),
     kind: Literal["user", "service_account"] | None = Query(None),
 ) -> JSONResponse:
     users = await asyncio.to_thread(lambda: _directory(request).list_users(team=team, kind=kind))
@@ -208,7 +218,7 @@ async def update_user(request: Request, body: UserPatch, name: str = _NAME_PATH)
 
 @router.get("/keys")
 async def list_keys(
-    request: Request, user: str | None = Query(None, max_length=128)
+    request: Request, user: str | None = Query(None, max_length=128, pattern=_NO_NUL)
 ) -> JSONResponse:
     actor = current_actor(request)
     if not role_allows(actor.role, "directory.read"):
@@ -230,6 +240,8 @@ async def create_key(request: Request, body: KeyBody) -> JSONResponse:
         expires_at = datetime.now(UTC) + timedelta(seconds=body.expires_in_s)
     if expires_at is not None and expires_at.tzinfo is None:
         expires_at = expires_at.replace(tzinfo=UTC)
+    if expires_at is not None and expires_at > _LATEST:
+        raise InvalidRequestError("expires_at is too far in the future", param="expires_at")
     key, secret = await asyncio.to_thread(
         lambda: _directory(request).create_key(
             owner,
@@ -241,7 +253,8 @@ async def create_key(request: Request, body: KeyBody) -> JSONResponse:
             routes=list(body.routes) if body.routes is not None else None,
             ip_allowlist=body.ip_allowlist,
             expires_at=expires_at,
-            limits=_limits(body.limits),
+            limits=None if body.limits is None else _limits(body.limits),
+            bounds=_bounds(request, actor),
         )
     )
     await _services(request).access.apply_change()
@@ -272,7 +285,9 @@ async def rotate_key(
     actor = current_actor(request)
     overlap_s = (body or RotateBody()).overlap_s
     old, new, secret = await asyncio.to_thread(
-        lambda: _directory(request).rotate_key(key_id, by=actor, overlap_s=overlap_s)
+        lambda: _directory(request).rotate_key(
+            key_id, by=actor, overlap_s=overlap_s, bounds=_bounds(request, actor)
+        )
     )
     await _services(request).access.apply_change()
     audited(request, "key.rotate", key_id, after={"retired": old, "replacement": new})
@@ -285,10 +300,10 @@ async def rotate_key(
 @router.get("/usage")
 async def usage(
     request: Request,
-    key: str | None = Query(None, max_length=40),
-    user: str | None = Query(None, max_length=128),
-    team: str | None = Query(None, max_length=128),
-    model: str | None = Query(None, max_length=255),
+    key: str | None = Query(None, max_length=40, pattern=_NO_NUL),
+    user: str | None = Query(None, max_length=128, pattern=_NO_NUL),
+    team: str | None = Query(None, max_length=128, pattern=_NO_NUL),
+    model: str | None = Query(None, max_length=255, pattern=_NO_NUL),
 ) -> JSONResponse:
     """Current counters and what remains, per limit. Without filters: your own key, user and
     team. Seeing anyone else's needs the directory.read permission."""
@@ -296,7 +311,7 @@ async def usage(
     actor = current_actor(request)
     if key is None and user is None and team is None and model is None:
         key, team = actor.key_id, actor.team
-        user = actor.name if actor.principal_id is not None else None
+        user = actor.name if _is_keel_user(actor) else None
     elif not role_allows(actor.role, "directory.read") and (
         (key is not None and key != actor.key_id)
         or (user is not None and user != actor.name)
@@ -323,21 +338,31 @@ def _directory(request: Request) -> Directory:
     return _services(request).directory
 
 
+def _bounds(request: Request, actor: Actor) -> KeyBounds:
+    grant = _services(request).access.grant(actor.key_id) if actor.key_id else None
+    return KeyBounds.of(actor, grant)
+
+
 def _limits(limits: LimitSet | None) -> dict[str, Any]:
     return {} if limits is None else limits.model_dump(exclude_none=True)
 
 
 def _own_name(actor: Actor, requested: str | None, verb: str) -> str:
-    if actor.principal_id is None:
+    if not _is_keel_user(actor):
         raise InvalidRequestError(
             f"user: name whose keys to {verb} ({actor.name!r} is not a Keel user)", param="user"
         )
     if requested is not None and requested != actor.name:
         raise PermissionDeniedError(
-            f"only an admin or maintainer can {verb} the keys of {requested!r}",
+            f"you can {verb} only your own keys, not those of {requested!r}",
             code="insufficient_role",
         )
     return actor.name
+
+
+def _is_keel_user(actor: Actor) -> bool:
+    """A user or service account of the directory (not an SSO subject or the local user)."""
+    return actor.kind in ("user", "service_account")
 
 
 def _may_see(actor: Actor, key: dict[str, Any]) -> None:

@@ -9,12 +9,13 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from keel.errors import KeelError
+from keel.errors import KeelError, PermissionDeniedError
 from keel.gateway import BodySource, Call, Gateway, Reply
 from keel.identity import Actor
 from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from keel.server.access import authenticate_inference
+from keel.server.access import authenticate_inference, current_actor, record_denial
 from keel.server.body import read_body
 from keel.server.errors import error_response
 from keel.server.services import Services, services
@@ -47,14 +48,20 @@ async def _serve(request: Request, endpoint: str, path: str, handler: Handler) -
     )
     limit = keel.settings.server.max_request_body_bytes
     try:
-        call.actor = await authenticate_inference(keel, request, "inference", f"POST /v1/{path}")
+        try:
+            call.actor = await authenticate_inference(
+                keel, request, "inference", f"POST /v1/{path}"
+            )
+        except PermissionDeniedError as exc:
+            record_denial(keel, current_actor(request), f"POST /v1/{path}", exc)
+            raise
         call.caller = _cache_scope(call.actor)
         reply = await handler(keel.gateway, lambda: read_body(request, limit), call)
     except KeelError as exc:
         return error_response(exc, call.headers())
     if reply.stream is not None:
-        return StreamingResponse(
-            reply.stream,
+        return _GatewayStream(
+            reply,
             media_type="text/event-stream",
             headers={**reply.headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -78,6 +85,22 @@ async def completions(request: Request) -> Response:
 @router.post("/embeddings", openapi_extra=_body_doc(EmbeddingRequest))
 async def embeddings(request: Request) -> Response:
     return await _serve(request, "embeddings", "embeddings", Gateway.embeddings)
+
+
+class _GatewayStream(StreamingResponse):
+    """Tells the gateway when the response is over, read or not (see `Reply.done`)."""
+
+    def __init__(self, reply: Reply, **kwargs: Any) -> None:
+        assert reply.stream is not None
+        super().__init__(reply.stream, **kwargs)
+        self._done = reply.done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._done is not None:
+                self._done()
 
 
 def _cache_scope(actor: Actor) -> str | None:

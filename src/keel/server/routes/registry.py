@@ -19,10 +19,8 @@ import orjson
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from starlette.responses import Response
@@ -40,7 +38,7 @@ from keel.registry.cards import (
 from keel.registry.models import EntityRef, GateOp, QualityGate, Stage
 from keel.registry.service import Registry
 from keel.server.access import audited, current_actor
-from keel.server.body import read_body
+from keel.server.body import StoredBody, read_body
 
 __all__ = ["lineage_router", "router", "to_jsonable"]
 
@@ -76,20 +74,7 @@ _CARD_BODY_DOC: dict[str, Any] = {
 # -- request bodies ------------------------------------------------------------------------
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _storable_text(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if "\x00" in value:
-                raise ValueError("text cannot contain NUL characters")
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("text holds an invalid (lone surrogate) character") from None
-        return value
+_Body = StoredBody
 
 
 class AliasMove(_Body):

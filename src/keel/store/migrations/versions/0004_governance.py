@@ -79,7 +79,13 @@ def upgrade() -> None:
     op.execute("INSERT INTO governance_state (id, version) VALUES (1, 0)")
     op.create_table(
         "audit_log",
-        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+        # 64-bit; SQLite autoincrements only an INTEGER PRIMARY KEY (itself 64-bit there).
+        sa.Column(
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         sa.Column("id", sa.String(40), nullable=False, unique=True),
         _at("at"),
         sa.Column("actor", sa.String(_NAME), nullable=False),
