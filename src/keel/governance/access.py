@@ -33,12 +33,12 @@ from keel.identity import Actor, role_rank
 if TYPE_CHECKING:
     from keel.governance.oidc import OidcVerifier
 
-__all__ = ["Access", "KeyGrant", "TeamPolicy", "auth_required", "is_loopback"]
+__all__ = ["LOCAL_ADMIN", "Access", "KeyGrant", "TeamPolicy", "auth_required", "is_loopback"]
 
 log = logging.getLogger("keel.governance")
 
 _MAX_CREDENTIAL = 8192
-_LOCAL_ADMIN = Actor("local", frozenset({"admin"}), kind="local")
+LOCAL_ADMIN = Actor("local", frozenset({"admin"}), kind="local")
 _BOOTSTRAP = "admin-key"
 
 
@@ -83,7 +83,6 @@ class KeyGrant:
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None
     expires_at: float | None
     limits: LimitSet
-    principal_limits: LimitSet
 
 
 @dataclass(slots=True)
@@ -170,7 +169,7 @@ class Access:
         credential = _bearer(headers)
         if credential is None:
             if not self.required:
-                return _LOCAL_ADMIN if client_ip is None else _local_admin_at(client_ip)
+                return LOCAL_ADMIN if client_ip is None else _local_admin_at(client_ip)
             raise AuthenticationError(
                 "no API key: send Authorization: Bearer <key>",
                 code="missing_api_key",
@@ -185,7 +184,7 @@ class Access:
         if grant is None and not self.required:
             # Open mode: OpenAI SDKs insist on some api_key; one that isn't a Keel key is the
             # local user like no key at all. Keel keys still identify their owner.
-            return _local_admin_at(client_ip) if client_ip else _LOCAL_ADMIN
+            return _local_admin_at(client_ip) if client_ip else LOCAL_ADMIN
         if grant is None:
             raise AuthenticationError(
                 "the API key is not valid (unknown or revoked)",
@@ -321,7 +320,6 @@ def _build_snapshot(data: DirectoryData) -> _Snapshot:
             ),
             expires_at=_epoch(row["expires_at"]),
             limits=LimitSet.model_validate(row["limits"] or {}),
-            principal_limits=principal_limits[owner["name"]],
         )
     by_id = {grant.key_id: grant for grant in keys.values()}
     return _Snapshot(data.version, keys, by_id, teams, principal_limits)

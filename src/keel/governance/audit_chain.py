@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -216,9 +216,6 @@ class ChainCheck:
             self._prev_hash = str(entry["hash"])
             return True
         return False
-
-    def add_all(self, entries: Iterable[Mapping[str, Any]]) -> bool:
-        return all(self.add(entry) for entry in entries)
 
     def result(self) -> VerifyResult:
         if self._broken is not None:

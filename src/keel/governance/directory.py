@@ -354,6 +354,7 @@ class Directory:
         with self.database.engine.connect() as connection:
             old = _key_row(connection, key_id)
             owner = _principal_by_id(connection, old.principal_id)
+        _may_manage_keys_of(by, owner)  # before saying anything about someone else's key
         if old.revoked_at is not None:
             raise ConflictError(f"key {key_id} is revoked; create a new one instead")
         now = self._clock()

@@ -197,6 +197,7 @@ class RedisCounterStore:
         *,
         prefix: str = "keel:quota:",
         timeout_s: float = 0.5,
+        connect_timeout_s: float = 2.0,
         circuit_s: float = 1.0,
         max_connections: int = 64,
     ) -> None:
@@ -209,9 +210,12 @@ class RedisCounterStore:
         self._pool = redis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=timeout_s,
+            # Opening connections and waiting for a free one get longer: a burst that opens
+            # the whole pool at once on a busy machine is slow, not down. Once connected, an
+            # answer slower than `timeout_s` is a failure.
+            timeout=connect_timeout_s,
             socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
+            socket_connect_timeout=connect_timeout_s,
             retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
         )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 
 from keel.errors import InvalidRequestError, KeelError
+from keel.governance.access import LOCAL_ADMIN
 from keel.governance.permissions import PUBLIC_ROUTES, Permission, permission_for
 from keel.identity import ROLES, Actor
 
@@ -28,12 +29,10 @@ __all__ = [
     "record_denial",
 ]
 
-_LOCAL = Actor("local", frozenset({"admin"}), kind="local")
-
 
 def current_actor(request: Request) -> Actor:
     actor: Actor | None = getattr(request.state, "actor", None)
-    return actor if actor is not None else _LOCAL
+    return actor if actor is not None else LOCAL_ADMIN
 
 
 def client_ip(request: Request) -> str | None:
