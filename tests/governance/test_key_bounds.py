@@ -106,3 +106,48 @@ async def test_only_admins_set_key_limits_and_others_inherit_theirs(
         "/v1/keel/keys", json={"user": "dev", "limits": {"rpm": 50}}, headers=bearer(ADMIN_KEY)
     )
     assert admin_set.status_code == 201 and admin_set.json()["limits"] == {"rpm": 50}
+
+
+async def test_an_explicit_role_stays_when_the_owner_is_promoted(
+    app_client: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    app, client = app_client
+    key, secret = app.state.keel.directory.create_key(
+        "dev", name="pinned", created_by=ADMIN, role="developer"
+    )
+    assert key["role"] == "developer"
+    app.state.keel.directory.update_user("dev", {"role": "admin"})
+    await app.state.keel.access.refresh()
+    assert (await client.get("/v1/keel/whoami", headers=bearer(secret))).json()["role"] == (
+        "developer"
+    )
+
+
+async def test_environments_bound_both_ways(
+    app_client: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    app, client = app_client
+    _, production = app.state.keel.directory.create_key("dev", name="p", created_by=ADMIN)
+    await app.state.keel.access.refresh()
+    refused = await client.post(
+        "/v1/keel/keys", json={"environment": "sandbox"}, headers=bearer(production)
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["param"] == "environment"
+
+
+async def test_a_key_revoked_while_its_request_arrives_acts_no_more(
+    app_client: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    from keel.errors import AuthenticationError
+
+    app, _ = app_client
+    keel = app.state.keel
+    key, secret = keel.directory.create_key("dev", name="late", created_by=ADMIN)
+    await keel.access.refresh()
+    actor = await keel.access.authenticate(bearer(secret), "127.0.0.1")
+    keel.directory.revoke_key(key["id"], by=ADMIN)
+    await keel.access.refresh()
+    with pytest.raises(AuthenticationError):
+        keel.access.still_valid(actor)
+    with pytest.raises(AuthenticationError):
+        keel.policy.admit_model(actor, "fake-model")

@@ -144,3 +144,27 @@ async def test_a_remote_fallback_behind_a_local_model_gets_the_masked_prompt(
         assert response.status_code == 200, response.text
         assert response.headers["x-keel-deployment"] == "cloud-1"
         assert "john.smith@example.com" not in json.dumps(fake_openai.last.body)
+
+
+def test_the_fallback_chain_is_followed_transitively(tmp_path: Path) -> None:
+    from keel.routing import build_router
+
+    def group(name: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "id": name,
+            "deployments": [_deployment(f"{name}-1", "http://127.0.0.1:9")],
+            **extra,
+        }
+
+    settings = remote_settings(
+        tmp_path,
+        [],
+        groups=[
+            group("a", fallbacks=["b"]),
+            group("b", context_window_fallback="c"),
+            group("c", content_policy_fallback="d"),
+            group("d"),
+        ],
+    )
+    router = build_router(settings, None, None)  # type: ignore[arg-type]
+    assert [g.id for g in router.chain(router.group("a"))] == ["a", "b", "c", "d"]

@@ -60,6 +60,7 @@ class Call:
     fallback_reservations: list[tuple[str, Reservation]] = field(default_factory=list)
     estimate: Estimate | None = None  # what the reservation was made for
     relaying: bool = False  # a stream's relay started (it finishes the call itself)
+    answered: bool = False  # a provider produced an answer (paid for, whatever came after)
 
     @property
     def provider(self) -> Provider | None:

@@ -11,7 +11,9 @@ What is settled follows what was paid for:
   prompt whatever happened to the answer.
 
 A fallback group has its own model limits: they are reserved when the router turns to it, and
-only the group that answered is charged tokens and spend.
+of the fallbacks only the group that answered is charged tokens and spend. The requested
+group's reservation holds the caller's limits with its model's, so it is always settled as
+the call: its model limits count the call's usage even when a fallback answered.
 """
 
 from __future__ import annotations
@@ -114,8 +116,7 @@ def _paid(call: Call) -> tuple[int, float] | None:
     if call.trace.attempts == 0:
         return None
     usage = call.usage
-    answered = usage is not None or call.stream_overhead_ms is not None
-    if call.error is not None and not answered:
+    if call.error is not None and not call.answered:
         return 0, 0.0  # the provider failed or refused: nothing was produced
     counted = usage.prompt_tokens + usage.completion_tokens if usage else 0
     spent = call.cost_usd or 0.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -258,7 +258,7 @@ class Gateway:
         started = time.perf_counter()
         try:
             regions = call.residency.regions if call.residency is not None else None
-            return await self.router.execute(
+            answer = await self.router.execute(
                 group,
                 invoke,
                 call.trace,
@@ -266,6 +266,8 @@ class Gateway:
                 regions=regions,
                 enter_fallback=self.metering.fallback_entry(call, request),
             )
+            call.answered = True
+            return answer
         finally:
             call.upstream_s += time.perf_counter() - started
 
@@ -310,8 +312,9 @@ class Gateway:
         call.stream = True
         call.stream_overhead_ms = call.overhead_ms()
         reply = Reply(headers=call.headers())
-        reply.stream = self._relay(call, first, rest, include_usage)
-        reply.done = lambda: self._abandon_unread(call, rest)
+        relay = self._relay(call, first, rest, include_usage)
+        reply.stream = relay
+        reply.done = lambda: self._response_over(call, relay, rest)
         return reply
 
     async def _relay(
@@ -320,7 +323,7 @@ class Gateway:
         first: dict[str, Any],
         rest: AsyncIterator[dict[str, Any]],
         include_usage: bool,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         call.relaying = True
         usage: dict[str, Any] | None = None
         content_chunks = 0
@@ -386,10 +389,17 @@ class Gateway:
             finally:
                 self._finish(call)
 
-    def _abandon_unread(self, call: Call, rest: AsyncIterator[dict[str, Any]]) -> None:
-        """The response ended without the relay ever starting (the client left first): free the
-        deployment, stop the upstream stream, and finish the call as abandoned."""
+    def _response_over(
+        self, call: Call, relay: AsyncGenerator[bytes, None], rest: AsyncIterator[dict[str, Any]]
+    ) -> None:
+        """The server is done with the response. A relay that started but never reached its end
+        (some servers drop a disconnected stream without closing it) is closed, which runs its
+        `finally`; one that never started (the client left first) is finished here: the
+        deployment freed, the upstream stream stopped, the call recorded as abandoned."""
         if call.relaying:
+            if call.finished_at is None:
+                closing = asyncio.get_running_loop().create_task(relay.aclose())
+                closing.add_done_callback(_log_failure)
             return
         call.relaying = True
         call.status_code = CLIENT_CLOSED_REQUEST
@@ -455,7 +465,7 @@ class Gateway:
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.warning("closing an abandoned stream failed: %r", task.exception())
+        log.warning("closing an unfinished stream failed: %r", task.exception())
 
 
 def _audit_detail(record: dict[str, Any]) -> dict[str, Any]:

@@ -212,6 +212,19 @@ class Access:
             source_ip=client_ip,
         )
 
+    def still_valid(self, actor: Actor) -> None:
+        """Raise 401 if `actor`'s key was revoked, disabled or expired since the request was
+        authenticated (a body can take a while to arrive): nothing acts on a dead key."""
+        if actor.key_id is None:
+            return
+        grant = self._snapshot.by_id.get(actor.key_id)
+        if grant is None:
+            raise AuthenticationError(f"the API key {actor.key_id} is no longer valid")
+        if grant.expires_at is not None and time.time() >= grant.expires_at:
+            raise AuthenticationError(
+                f"the API key {actor.key_id} has expired", code="expired_api_key"
+            )
+
     def authorize(self, actor: Actor, permission: Permission | None, what: str) -> None:
         """Raise 403 unless `actor` may use a route needing `permission` (`what` names it)."""
         if not role_allows(actor.role, permission):

@@ -317,8 +317,7 @@ class Directory:
                 "prefix": key_prefix(secret),
                 "secret_hash": hash_secret(secret),
                 "environment": environment,
-                # As strong as the owner: stored as "the owner's role", following it.
-                "role": None if role == owner.role else role,
+                "role": role,
                 "models": _model_list(asked.models),
                 "routes": _route_classes(asked.routes),
                 "ip_allowlist": _networks(asked.ip_allowlist),
@@ -373,8 +372,7 @@ class Directory:
             name=old.name,
             created_by=by,
             environment=old.environment,
-            # Explicit, so a rotation by a weaker credential is refused, not quietly weakened.
-            role=old.role or owner.role,
+            role=_rotated_role(old.role, owner.role, by),
             models=old.models,
             routes=old.routes,
             ip_allowlist=old.ip_allowlist,
@@ -608,3 +606,18 @@ def _networks(allowlist: list[str] | None) -> list[str] | None:
 def _aware(value: datetime) -> datetime:
     # SQLite hands timestamps back without their zone; Keel stores them in UTC.
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _rotated_role(role: str | None, owner_role: str, by: Actor) -> str | None:
+    """The replacement's role: the old key's, clamped to its owner's current role. A key that
+    follows its owner's role can only be rotated by a credential at least that strong; a
+    weaker one would quietly weaken it."""
+    if role is None:
+        if role_rank(by.role) > role_rank(owner_role):
+            raise PermissionDeniedError(
+                f"role: this key acts with its owner's role ({owner_role}), stronger than yours",
+                param="role",
+                code="key_bounds",
+            )
+        return None
+    return role if role_rank(role) >= role_rank(owner_role) else None

@@ -63,7 +63,7 @@ class KeyBounds:
         )
         return cls(
             role=grant.role,
-            environment="sandbox" if grant.environment == "sandbox" else None,
+            environment=grant.environment,
             models=grant.models,
             routes=grant.routes,
             networks=grant.networks,
@@ -77,9 +77,14 @@ class KeyBounds:
         more. `limits_are_kept` (a rotation) lets a key keep the limits it already had."""
         if request.role is not None and role_rank(request.role) < role_rank(self.role):
             _refuse(f"role: a key can't be stronger than your own role ({self.role})", "role")
+        # Each environment reaches what the other can't (sandbox: unreleased registry versions;
+        # production: production traffic), so a key makes keys of its own environment only.
         environment = request.environment or self.environment or "production"
-        if self.environment == "sandbox" and environment != "sandbox":
-            _refuse("environment: a sandbox credential can only create sandbox keys", "environment")
+        if self.environment is not None and environment != self.environment:
+            _refuse(
+                f"environment: a {self.environment} credential creates {self.environment} keys",
+                "environment",
+            )
         models = _within(request.models, self.models, "models")
         routes = _within(request.routes, self.routes, "routes")
         networks = self._networks(request.ip_allowlist)

@@ -59,7 +59,9 @@ class RequestPolicy:
 
     def admit_model(self, actor: Actor, requested: str) -> None:
         """A key scoped to some models may call only those (registry references match by
-        their model name: `name`, `name@production` and `name@3` are all `name`)."""
+        their model name: `name`, `name@production` and `name@3` are all `name`). Runs once
+        the body is in, so a key revoked while it arrived is refused here."""
+        self.access.still_valid(actor)
         allowed = actor.allowed_models
         if allowed is None or requested in allowed or requested.split("@", 1)[0] in allowed:
             return

@@ -175,17 +175,17 @@ class Router:
         )
 
     def chain(self, group: ModelGroup) -> list[ModelGroup]:
-        """The group and every group a request for it may end up on: its fallbacks, and its
-        context-window and content-policy fallbacks."""
+        """The group and every group a request for it may end up on, transitively: fallbacks,
+        context-window and content-policy fallbacks, and theirs."""
         found = [group]
-        for target in [
-            *group.fallbacks,
-            group.context_window_fallback,
-            group.content_policy_fallback,
-        ]:
-            if target is not None and target in self._groups:
-                candidate = self._groups[target]
-                if candidate not in found:
+        for current in found:  # grows while walked
+            for target in [
+                *current.fallbacks,
+                current.context_window_fallback,
+                current.content_policy_fallback,
+            ]:
+                candidate = self._groups.get(target) if target is not None else None
+                if candidate is not None and candidate not in found:
                     found.append(candidate)
         return found
 

@@ -51,6 +51,9 @@ async def authorized(request: Request) -> None:
     if actor.kind == "local":
         actor = _acting_as(request, actor)
     _authorize(keel, actor, permission_for(method, path), f"{method} {path}")
+    # The body has been read by now (FastAPI reads it before dependencies): the key must
+    # still be valid after however long that took.
+    keel.access.still_valid(actor)
     request.state.actor = actor
 
 

@@ -42,14 +42,18 @@ class AuthenticateFirst:
         try:
             actor = await keel.access.authenticate(Headers(scope=scope), client_ip)
         except KeelError as exc:
-            keel.audit.record(
-                "access.denied" if exc.status_code == 403 else "access.unauthenticated",
-                actor=None,
-                target=f"{scope['method']} {scope['path'][:200]}",
-                outcome=str(exc.status_code),
-                detail={"code": exc.code},
-                source_ip=client_ip,
-            )
+            if exc.code != "missing_api_key":
+                # A presented credential that fails is evidence worth keeping (guessing, a
+                # leaked key used from elsewhere); a request with none at all is a scanner's
+                # noise, and would let anyone grow the log without limit.
+                keel.audit.record(
+                    "access.denied" if exc.status_code == 403 else "access.unauthenticated",
+                    actor=None,
+                    target=f"{scope['method']} {scope['path'][:200]}",
+                    outcome=str(exc.status_code),
+                    detail={"code": exc.code, "reason": exc.message},
+                    source_ip=client_ip,
+                )
             await error_response(exc)(scope, receive, send)
             return
         scope.setdefault("state", {})["actor"] = actor

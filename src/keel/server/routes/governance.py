@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import Field, model_validator
@@ -45,7 +45,9 @@ class OrgBody(_Body):
 class TeamBody(_Body):
     name: str = Field(min_length=1, max_length=128)
     org: str | None = Field(default=None, max_length=128)
-    allowed_regions: list[str] | None = Field(default=None, max_length=100)
+    allowed_regions: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, max_length=100
+    )
     limits: LimitSet = Field(default_factory=LimitSet)
 
 
@@ -86,7 +88,9 @@ class KeyBody(_Body):
         default=None, description="Default: production (sandbox for a sandbox credential)."
     )
     role: Role | None = Field(default=None, description="Narrower than the owner's role.")
-    models: list[str] | None = Field(default=None, max_length=200)
+    models: list[Annotated[str, Field(min_length=1, max_length=255)]] | None = Field(
+        default=None, max_length=200
+    )
     routes: list[Literal["inference", "management"]] | None = None
     ip_allowlist: list[str] | None = Field(default=None, max_length=100)
     expires_at: datetime | None = None
