@@ -11,8 +11,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from keel.cli.output import console, fail
-from keel.sdk import Keel, KeelAPIError, KeelConnectionError
+from keel.cli.output import console, reported_errors
+from keel.sdk import Keel
 from keel.sdk.audit import AuditAPI
 
 __all__ = ["app"]
@@ -35,16 +35,8 @@ ActionOption = typer.Option(
 
 @contextmanager
 def _audit(url: str | None, api_key: str | None) -> Iterator[AuditAPI]:
-    try:
-        with Keel(url, api_key=api_key) as client:
-            yield client.audit
-    except KeelConnectionError as exc:
-        fail(f"{exc}\nIs the server running? Start it with: keel serve")
-    except KeelAPIError as exc:
-        where = f" (field: {exc.param})" if exc.param else ""
-        fail(f"{exc}{where}")
-    except OSError as exc:
-        fail(str(exc) or type(exc).__name__)
+    with reported_errors(), Keel(url, api_key=api_key) as client:
+        yield client.audit
 
 
 @app.command("list")

@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from keel import __version__
-from keel.cli.output import console, fail
-from keel.sdk import Keel, KeelAPIError, KeelConnectionError
+from keel.cli.output import console, reported_errors
+from keel.sdk import Keel
 
 __all__ = ["chat", "deployments", "embed", "models", "requests", "version"]
 
@@ -24,14 +24,8 @@ KeyOption = typer.Option(None, "--api-key", envvar="KEEL_API_KEY", help="Keel AP
 
 @contextmanager
 def _client(url: str | None, api_key: str | None) -> Iterator[Keel]:
-    try:
-        with Keel(url, api_key=api_key) as client:
-            yield client
-    except KeelConnectionError as exc:
-        fail(f"{exc}\nIs the server running? Start it with: keel serve")
-    except KeelAPIError as exc:
-        where = f" (field: {exc.param})" if exc.param else ""
-        fail(f"{exc}{where}")
+    with reported_errors(), Keel(url, api_key=api_key) as client:
+        yield client
 
 
 def models(

@@ -17,8 +17,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from keel.cli.output import console, fail
-from keel.sdk import Keel, KeelAPIError, KeelConnectionError
+from keel.cli.output import console, fail, reported_errors
+from keel.sdk import Keel
 from keel.sdk.governance import GovernanceAPI
 
 __all__ = [
@@ -134,14 +134,8 @@ def merged_limits(
 @contextmanager
 def governance_client(url: str | None, api_key: str | None) -> Iterator[GovernanceAPI]:
     """The SDK's governance API; a connection or API error ends the command with its message."""
-    try:
-        with Keel(url, api_key=api_key) as client:
-            yield client.governance
-    except KeelConnectionError as exc:
-        fail(f"{exc}\nIs the server running? Start it with: keel serve")
-    except KeelAPIError as exc:
-        where = f" (field: {exc.param})" if exc.param else ""
-        fail(f"{exc}{where}")
+    with reported_errors(), Keel(url, api_key=api_key) as client:
+        yield client.governance
 
 
 # -- printing ---------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from keel.cli.output import console, fail
-from keel.sdk import Keel, KeelAPIError, KeelConnectionError
+from keel.cli.output import console, fail, reported_errors
+from keel.sdk import Keel
 from keel.sdk.registry import RegistryAPI, parse_gate
 
 __all__ = ["app", "lineage"]
@@ -44,16 +44,11 @@ def _registry(
     url: str | None, api_key: str | None, actor: str | None, roles: str | None
 ) -> Iterator[RegistryAPI]:
     role_list = [role.strip() for role in roles.split(",") if role.strip()] if roles else None
-    try:
-        with Keel(url, api_key=api_key) as client:
+    with reported_errors(), Keel(url, api_key=api_key) as client:
+        try:
             yield client.registry.as_actor(actor, role_list)
-    except KeelConnectionError as exc:
-        fail(f"{exc}\nIs the server running? Start it with: keel serve")
-    except KeelAPIError as exc:
-        where = f" (field: {exc.param})" if exc.param else ""
-        fail(f"{exc}{where}")
-    except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
-        fail(str(exc) or type(exc).__name__)
+        except ValueError as exc:  # a card file that isn't UTF-8 (UnicodeDecodeError)
+            fail(str(exc) or type(exc).__name__)
 
 
 def _print_json(value: Any) -> None:

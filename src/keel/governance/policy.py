@@ -103,7 +103,7 @@ class RequestPolicy:
         the policy allows; otherwise the executor skips the ones it doesn't."""
         for candidate in [group.id, *group.fallbacks]:
             current = group if candidate == group.id else router.group(candidate)
-            if any(in_region(d.provider, residency.regions) for d in current.deployments):
+            if any(d.in_region(residency.regions) for d in current.deployments):
                 return
         raise ResidencyError(
             f"{residency.policy} allows regions {', '.join(sorted(residency.regions)) or '(none)'}"
@@ -182,11 +182,3 @@ class RequestPolicy:
             if price is not None:
                 usd = (tokens * price.input + output * price.output) / 1_000_000
         return Estimate(tokens + output, usd)
-
-
-def in_region(provider: object, regions: frozenset[str]) -> bool:
-    """Local models never send data anywhere, so every policy allows them."""
-    if getattr(provider, "is_local", False):
-        return True
-    config = getattr(provider, "config", None)
-    return getattr(config, "region", None) in regions

@@ -212,11 +212,7 @@ async def _run_group(
 def _outside(group: ModelGroup, regions: frozenset[str] | None) -> set[str]:
     if regions is None:
         return set()
-    return {
-        d.id
-        for d in group.deployments
-        if not d.provider.is_local and d.provider.config.region not in regions
-    }
+    return {d.id for d in group.deployments if not d.in_region(regions)}
 
 
 def _special_fallback(group: ModelGroup, error: KeelError) -> str | None:

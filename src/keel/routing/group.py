@@ -31,6 +31,11 @@ class Deployment:
     def tier(self) -> int:
         return self.provider.config.tier
 
+    def in_region(self, regions: frozenset[str]) -> bool:
+        """Whether a residency policy allowing `regions` may send data here. Local models
+        never send data anywhere, so every policy allows them; an untagged remote never."""
+        return self.provider.is_local or self.provider.config.region in regions
+
 
 @dataclass
 class ModelGroup:

@@ -22,6 +22,7 @@ from keel.governance.permissions import role_allows
 from keel.identity import Actor
 from keel.server.access import audited, current_actor
 from keel.server.body import StoredBody
+from keel.server.jsonable import to_jsonable
 from keel.server.services import Services
 
 __all__ = ["router"]
@@ -395,15 +396,4 @@ def _listing(items: list[dict[str, Any]]) -> JSONResponse:
 
 
 def _json(content: Any, *, status: int = 200) -> JSONResponse:
-    return JSONResponse(_jsonable(content), status_code=status)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return aware.isoformat()
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    return value
+    return JSONResponse(to_jsonable(content), status_code=status)

@@ -9,16 +9,14 @@ error handlers as OpenAI-style bodies.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import orjson
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import (
-    BaseModel,
     Field,
     ValidationError,
     model_validator,
@@ -39,8 +37,9 @@ from keel.registry.models import EntityRef, GateOp, QualityGate, Stage
 from keel.registry.service import Registry
 from keel.server.access import audited, current_actor
 from keel.server.body import StoredBody, read_body
+from keel.server.jsonable import to_jsonable
 
-__all__ = ["lineage_router", "router", "to_jsonable"]
+__all__ = ["lineage_router", "router"]
 
 router = APIRouter(prefix="/v1/keel/registry", tags=["registry"])
 lineage_router = APIRouter(prefix="/v1/keel/lineage", tags=["registry"])
@@ -164,26 +163,6 @@ async def _write(request: Request, method: Callable[P, T], *args: P.args, **kwar
     target = "/".join(str(value) for value in request.path_params.values()) or None
     audited(request, action, target, after=to_jsonable(result), detail=detail)
     return result
-
-
-def to_jsonable(value: Any) -> Any:
-    """Registry results (frozen dataclasses holding cards and datetimes) as plain JSON."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            field.name: to_jsonable(getattr(value, field.name))
-            for field in dataclasses.fields(value)
-        }
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-    if isinstance(value, Mapping):
-        return {str(key): to_jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(item) for item in value]
-    if isinstance(value, set | frozenset):
-        return sorted((to_jsonable(item) for item in value), key=str)
-    return value
 
 
 def _json(value: Any, status_code: int = 200) -> Response:
