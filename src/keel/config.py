@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -25,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from keel import secrets
 from keel.errors import ConfigError
 from keel.governance.config import AuthConfig, QuotaConfig, ResidencyConfig
 from keel.governance.guardrails.config import GuardrailsConfig, PiiConfig
@@ -40,6 +42,8 @@ __all__ = [
 
 DEFAULT_HOME = Path("~/.keel")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\]")
+_ORIGIN_PATTERN = re.compile(r"https?://([a-z0-9_.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 
 
 class _Section(BaseModel):
@@ -53,6 +57,36 @@ class ServerConfig(_Section):
     record_batch_size: int = Field(default=500, ge=1)
     record_flush_interval_s: float = Field(default=0.2, gt=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names clients may address (`*.example.com` for subdomains); empty: "
+        "loopback names only in open mode, any where authentication is required.",
+    )
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="Web origins allowed to call Keel from a browser."
+    )
+    refusal_audit_window_s: float = Field(default=60.0, gt=0)
+    refusal_audit_max_sources: int = Field(default=1000, ge=1)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        names = [host.strip().lower().removesuffix(".") for host in hosts]
+        for name in names:
+            if not _HOST_PATTERN.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a host name (no scheme, port or path; IPv6 in brackets)"
+                )
+        return names
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        found = [origin.strip().lower().removesuffix("/") for origin in origins]
+        for origin in found:
+            if origin != "*" and not _ORIGIN_PATTERN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+        return found
 
 
 class LocalModelsConfig(_Section):
@@ -63,6 +97,24 @@ class LocalModelsConfig(_Section):
     n_ctx: int = Field(default=2048, ge=256)
     n_threads: int | None = Field(default=None, ge=1)
     preload: bool = True
+
+
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]{1,128}")
+_NEVER_FORWARDED = frozenset(
+    {
+        "authorization",
+        "api-key",
+        "x-api-key",
+        "x-goog-api-key",
+        "cookie",
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "accept-encoding",
+    }
+)
 
 
 class DeploymentConfig(_Section):
@@ -77,6 +129,11 @@ class DeploymentConfig(_Section):
     api_version: str | None = None
     organization: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    forward_headers: list[str] | None = Field(
+        default=None,
+        description="Client headers passed on to the upstream (default: the provider's own, "
+        "OpenAI-Organization, OpenAI-Project and Idempotency-Key for OpenAI-family ones).",
+    )
     timeout_s: float = Field(default=600.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     model_path: Path | None = None
@@ -99,6 +156,20 @@ class DeploymentConfig(_Section):
         if value not in known:
             raise ValueError(f"unknown provider {value!r}; known providers: {', '.join(known)}")
         return value
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _forwardable(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [name.strip().lower() for name in value]
+        for name in names:
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a header name")
+            if name in _NEVER_FORWARDED or name.startswith(("x-keel-", "proxy-", "sec-")):
+                # The client's own credentials for Keel and the connection's headers stay here.
+                raise ValueError(f"header {name!r} is never forwarded")
+        return names
 
     @field_validator("model_path")
     @classmethod
@@ -139,6 +210,12 @@ class RetryPolicy(_Section):
     backoff_initial_s: float = Field(default=0.1, ge=0)
     backoff_max_s: float = Field(default=4.0, ge=0)
     deadline_s: float = Field(default=600.0, gt=0, description="Total time for one request.")
+    rate_limit_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Longest Retry-After a request waits out when every deployment is rate "
+        "limited; past it the 429 goes back to the client.",
+    )
     retry_on: list[RetryableFailure] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
 
 
@@ -246,6 +323,12 @@ class Settings(_Section):
     home: Path = DEFAULT_HOME
     database_url: str | None = None
     redis_url: str | None = Field(default=None, description="Shared state across replicas.")
+    redis_prefix: str = Field(
+        default="keel:",
+        pattern=r"^[A-Za-z0-9._:-]{1,100}$",
+        description="Starts every Redis key and channel Keel uses: deployments sharing one "
+        "Redis need one each.",
+    )
     server: ServerConfig = Field(default_factory=ServerConfig)
     local_models: LocalModelsConfig = Field(default_factory=LocalModelsConfig)
     models: list[DeploymentConfig] = Field(default_factory=list)
@@ -290,6 +373,22 @@ class Settings(_Section):
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser()
+
+    def secret_values(self) -> list[str]:
+        """Every configured value that may be a credential: keys, every upstream header value,
+        the admin key and the passwords in connection URLs (see `keel.secrets`)."""
+        values: list[str] = []
+        for deployment in [*self.models, *(d for g in self.groups for d in g.deployments)]:
+            if deployment.api_key is not None:
+                values.append(deployment.api_key.get_secret_value())
+            values.extend(deployment.headers.values())
+        if self.auth.admin_key is not None:
+            values.append(self.auth.admin_key.get_secret_value())
+        for url in (self.database_url, self.redis_url):
+            password = urlsplit(url).password if url else None
+            if password:
+                values.append(password)
+        return values
 
     @property
     def effective_database_url(self) -> str:
@@ -393,6 +492,8 @@ def _expand_env(value: Any, path: Path, location: tuple[str | int, ...]) -> Any:
         name, default = match.group(1), match.group(2)
         found = os.environ.get(name)
         if found or (found is not None and default is None):
+            # Whatever came from the environment may be a credential: never repeat it.
+            secrets.register([found])
             return found
         if default is not None:
             return default

@@ -2,6 +2,7 @@
 
     KeelError (500, server_error)
     ├── ConfigError                      raised at start-up; never reaches a client
+    ├── InternalError                    code=internal_error; Keel's own code failed
     ├── InvalidRequestError (400, invalid_request_error)
     │   ├── UnsupportedParameterError    code=unsupported_parameter
     │   └── ContextWindowExceededError   code=context_length_exceeded
@@ -13,6 +14,7 @@
     │   └── ModelNotFoundError           code=model_not_found
     ├── ConflictError (409)              the state changed or already exists
     ├── RequestTooLargeError (413)
+    ├── UnsupportedMediaTypeError (415)  code=unsupported_media_type; the body is not JSON
     ├── RateLimitError (429)
     │   └── QuotaExceededError           code=quota_exceeded; a Keel quota or budget, not upstream
     ├── QuotaUnavailableError (503)      the shared quota store is down and the policy fails closed
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from keel import secrets
+
 __all__ = [
     "AuthenticationError",
     "ClientClosedRequestError",
@@ -39,6 +43,7 @@ __all__ = [
     "ConflictError",
     "ContextWindowExceededError",
     "GuardrailError",
+    "InternalError",
     "InvalidRequestError",
     "KeelError",
     "ModelNotFoundError",
@@ -49,6 +54,7 @@ __all__ = [
     "RateLimitError",
     "RequestTooLargeError",
     "ResidencyError",
+    "UnsupportedMediaTypeError",
     "UnsupportedParameterError",
     "UpstreamAuthError",
     "UpstreamBadResponseError",
@@ -71,12 +77,22 @@ class KeelError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        status_code: int | None = None,
+        error_type: str | None = None,
     ) -> None:
+        # Messages often quote an upstream's error body, which can repeat what it was sent.
+        message = secrets.redact(message)
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers = headers or {}
+        # An upstream's own status and type, kept for a client error it relays (see
+        # `keel.providers._http.error_for_status`); the class's otherwise.
+        if status_code is not None:
+            self.status_code = status_code
+        if error_type is not None:
+            self.error_type = error_type
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -91,6 +107,12 @@ class KeelError(Exception):
 
 class ConfigError(KeelError):
     """A configuration file or setting is invalid. Raised before the server accepts traffic."""
+
+
+class InternalError(KeelError):
+    """Keel's own code failed (a provider adapter, say). Never the deployment's fault."""
+
+    default_code = "internal_error"
 
 
 class InvalidRequestError(KeelError):
@@ -149,6 +171,12 @@ class RequestTooLargeError(KeelError):
     status_code = 413
     error_type = "invalid_request_error"
     default_code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(KeelError):
+    status_code = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_media_type"
 
 
 class RateLimitError(KeelError):

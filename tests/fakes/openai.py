@@ -60,6 +60,8 @@ class ErrorReply:
     type: str = "invalid_request_error"
     code: str | None = None
     retry_after: str | None = None
+    param: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,6 +132,28 @@ class _DroppedConnection(Response):
         raise ConnectionResetError("fake upstream reset the connection")
 
 
+class _WithHeaders:
+    """Adds the fake's `response_headers` to every response that doesn't set them itself."""
+
+    def __init__(self, app: Starlette, fake: FakeOpenAI) -> None:
+        self.app = app
+        self.fake = fake
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [
+                    (name.encode(), value.encode())
+                    for name, value in self.fake.response_headers.items()
+                    if name.encode() not in present
+                ]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
 @dataclass
 class FakeOpenAI:
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -137,6 +161,15 @@ class FakeOpenAI:
     # Persistent behaviour per upstream model name (the request body's `model`).
     faults: dict[str, Scripted] = field(default_factory=dict)
     delays: dict[str, float] = field(default_factory=dict)
+    # Sent with every response, as OpenAI sends its request id and rate-limit state.
+    response_headers: dict[str, str] = field(
+        default_factory=lambda: {
+            "x-request-id": "req_fake_upstream",
+            "x-ratelimit-limit-requests": "10000",
+            "x-ratelimit-remaining-requests": "9999",
+            "openai-processing-ms": "7",
+        }
+    )
 
     def then(self, *replies: Scripted) -> FakeOpenAI:
         self.script.extend(replies)
@@ -158,7 +191,7 @@ class FakeOpenAI:
     def last(self) -> RecordedRequest:
         return self.requests[-1]
 
-    def app(self) -> Starlette:
+    def app(self) -> Any:
         routes = [
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/completions", self._completions, methods=["POST"]),
@@ -179,7 +212,7 @@ class FakeOpenAI:
                 "/openai/deployments/{deployment}/embeddings", self._embeddings, methods=["POST"]
             ),
         ]
-        return Starlette(routes=routes)
+        return _WithHeaders(Starlette(routes=routes), self)
 
     async def _record(self, request: Request) -> dict[str, Any]:
         body = json.loads(await request.body())
@@ -209,10 +242,11 @@ class FakeOpenAI:
             return _DroppedConnection(scripted.sent_bytes)
         if isinstance(scripted, ErrorReply):
             headers = {"retry-after": scripted.retry_after} if scripted.retry_after else {}
+            headers.update(scripted.headers)
             error = {
                 "message": scripted.message,
                 "type": scripted.type,
-                "param": None,
+                "param": scripted.param,
                 "code": scripted.code,
             }
             return JSONResponse({"error": error}, status_code=scripted.status, headers=headers)
@@ -405,6 +439,9 @@ async def _sse(
             break
         if cut_after is not None and sent >= cut_after:
             # Ending the body without [DONE] is what a dropped upstream connection looks like.
+            # The drop comes a moment after the last chunk, as a real one does: an HTTP client
+            # may report a reset before it hands out data that arrived with it.
+            await asyncio.sleep(0.1)
             raise ConnectionResetError("fake upstream cut the stream")
         yield f"data: {json.dumps(event)}\n\n".encode()
     yield b"data: [DONE]\n\n"

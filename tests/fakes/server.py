@@ -17,17 +17,18 @@ import uvicorn
 
 
 @contextmanager
-def serve_on_loopback(app: Any) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 and yield its base URL (no trailing slash)."""
+def serve_on_loopback(app: Any, *, lifespan: str = "off") -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 and yield its base URL (no trailing slash). Keel's own app
+    runs with `lifespan="on"`, which starts its services."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while not server.started:
         if time.monotonic() > deadline:
             raise RuntimeError("fake server did not start")

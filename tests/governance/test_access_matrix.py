@@ -301,12 +301,14 @@ async def test_nothing_reads_a_body_before_authentication(
         for _ in range(limit // 65536 + 2):
             yield b" " * 65536
 
-    streamed = await client.post("/v1/keel/teams", content=chunks(), headers=admin)
+    as_json = {**admin, "content-type": "application/json"}
+    streamed = await client.post("/v1/keel/teams", content=chunks(), headers=as_json)
     assert streamed.status_code == 413
     guessed = {"authorization": "Bearer keel_sk_guessed"}
     assert (await client.get("/wp-login.php", headers=guessed)).status_code == 401
     await app.state.keel.audit.flush()
-    # A wrong credential is kept as evidence; a request with none at all is a scanner's noise.
+    # Both are kept as evidence, the first of each kind from a source at once.
     refused = app.state.keel.audit.query(action="access.unauthenticated", limit=100)
-    assert [entry["detail"]["code"] for entry in refused] == ["invalid_api_key"]
+    codes = [entry["detail"]["code"] for entry in refused]
+    assert codes == ["missing_api_key", "invalid_api_key"]
     assert "keel_sk_guessed" not in str(refused)

@@ -1,14 +1,17 @@
 """Two `keel serve` processes sharing PostgreSQL and Redis hold one quota between them, and see
-each other's key changes."""
+each other's key changes: through the version they poll, and through Redis pub/sub even when
+they never poll."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,8 +47,15 @@ def _start(config: Path, home: Path, database_url: str) -> tuple[str, subprocess
     return f"http://127.0.0.1:{port}", process
 
 
-@pytest.fixture
-def replicas(tmp_path: Path, fake_openai_url: str, postgres_url: str) -> Iterator[list[str]]:
+@contextmanager
+def _serving(
+    tmp_path: Path,
+    fake_openai_url: str,
+    postgres_url: str,
+    redis_prefix: str,
+    *,
+    refresh_interval_s: float,
+) -> Iterator[list[str]]:
     config = tmp_path / "keel.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -59,8 +69,9 @@ def replicas(tmp_path: Path, fake_openai_url: str, postgres_url: str) -> Iterato
                         "api_key": "sk-upstream",
                     }
                 ],
-                "auth": {"refresh_interval_s": 0.2},
+                "auth": {"refresh_interval_s": refresh_interval_s},
                 "cache": {"enabled": False},
+                "redis_prefix": redis_prefix,
             }
         )
     )
@@ -77,6 +88,28 @@ def replicas(tmp_path: Path, fake_openai_url: str, postgres_url: str) -> Iterato
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@pytest.fixture
+def replicas(
+    tmp_path: Path, fake_openai_url: str, postgres_url: str, redis_prefix: str
+) -> Iterator[list[str]]:
+    with _serving(
+        tmp_path, fake_openai_url, postgres_url, redis_prefix, refresh_interval_s=0.2
+    ) as urls:
+        yield urls
+
+
+@pytest.fixture
+def replicas_that_never_poll(
+    tmp_path: Path, fake_openai_url: str, postgres_url: str, redis_prefix: str
+) -> Iterator[list[str]]:
+    """An hour between polls: whatever reaches the other replica within the test came through
+    Redis."""
+    with _serving(
+        tmp_path, fake_openai_url, postgres_url, redis_prefix, refresh_interval_s=3600
+    ) as urls:
+        yield urls
 
 
 def _wait_outside_minute_edge() -> None:
@@ -111,7 +144,8 @@ def test_two_replicas_admit_exactly_the_limit(
     )
     assert created.status_code == 201
     key = {"authorization": f"Bearer {created.json()['secret']}"}
-    # The second replica learns about the key from the database, not from the first replica.
+    # The second replica learns about the key from the database (told to reload by Redis, or
+    # by its poll), never from the first replica's memory.
     deadline = time.monotonic() + 10
     while httpx.get(f"{second}/v1/keel/whoami", headers=key).status_code != 200:
         assert time.monotonic() < deadline, "the second replica never saw the new key"
@@ -172,3 +206,82 @@ def test_two_replicas_admit_exactly_the_limit(
     )
     assert spoofed.status_code == 403
     assert spoofed.json()["error"]["code"] == "ip_not_allowed"
+
+
+TRIES = 5
+CAP_S = 10.0
+
+
+def _until(
+    client: httpx.Client, url: str, headers: dict[str, str], wanted: int, meanwhile: int
+) -> tuple[int, httpx.Response]:
+    """Call `url` until it answers `wanted`; every answer before must be `meanwhile`. Returns
+    how many of those there were, and the first `wanted` answer."""
+    deadline = time.monotonic() + CAP_S
+    before = 0
+    while True:
+        response = client.get(url, headers=headers)
+        if response.status_code == wanted:
+            return before, response
+        assert response.status_code == meanwhile, response.text
+        assert time.monotonic() < deadline, f"still {meanwhile} after {CAP_S} s"
+        before += 1
+
+
+def test_key_changes_reach_the_other_replica_without_waiting_for_a_poll(
+    replicas_that_never_poll: list[str], record_property: Callable[[str, object], None]
+) -> None:
+    first, second = replicas_that_never_poll
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    user = f"svc-{os.getpid()}-{time.time_ns()}"
+    created_after_s: list[float] = []
+    revoked_after_s: list[float] = []
+    admitted_after_revoke: list[int] = []
+    with httpx.Client(timeout=30) as client:
+        made = client.post(
+            f"{first}/v1/keel/users", json={"name": user, "kind": "service_account"}, headers=admin
+        )
+        assert made.status_code == 201
+        for attempt in range(TRIES):
+            created = client.post(
+                f"{first}/v1/keel/keys",
+                json={"user": user, "name": f"try-{attempt}"},
+                headers=admin,
+            )
+            assert created.status_code == 201
+            answered = time.monotonic()
+            key = {"authorization": f"Bearer {created.json()['secret']}"}
+            _, accepted = _until(client, f"{second}/v1/keel/whoami", key, 200, meanwhile=401)
+            created_after_s.append(time.monotonic() - answered)
+            assert accepted.json()["name"] == user
+
+            revoked = client.post(
+                f"{first}/v1/keel/keys/{created.json()['id']}/revoke", headers=admin
+            )
+            assert revoked.status_code == 200
+            answered = time.monotonic()
+            admitted, refused = _until(client, f"{second}/v1/keel/whoami", key, 401, meanwhile=200)
+            revoked_after_s.append(time.monotonic() - answered)
+            admitted_after_revoke.append(admitted)
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+
+        # Disabling the owner reaches the other replica the same way.
+        created = client.post(
+            f"{first}/v1/keel/keys", json={"user": user, "name": "last"}, headers=admin
+        )
+        key = {"authorization": f"Bearer {created.json()['secret']}"}
+        _until(client, f"{second}/v1/keel/whoami", key, 200, meanwhile=401)
+        disabled = client.patch(
+            f"{first}/v1/keel/users/{user}", json={"disabled": True}, headers=admin
+        )
+        assert disabled.status_code == 200
+        _until(client, f"{second}/v1/keel/whoami", key, 401, meanwhile=200)
+
+    bound = {
+        "revoked_to_refused_median_ms": round(statistics.median(revoked_after_s) * 1000, 1),
+        "revoked_to_refused_ms": [round(s * 1000, 1) for s in revoked_after_s],
+        "admitted_after_revoke": admitted_after_revoke,
+        "created_to_accepted_median_ms": round(statistics.median(created_after_s) * 1000, 1),
+    }
+    record_property("key_propagation", bound)
+    print(f"key propagation between replicas through Redis: {bound}")

@@ -626,7 +626,7 @@ async def test_error_statuses_map_to_keel_errors(
             await provider.chat(chat_request())
     assert type(raised.value) is error_class
     # The message is read out of Anthropic's error body, not dumped raw.
-    assert str(raised.value).endswith(f": {reply.message} ({reply.type})")
+    assert str(raised.value).endswith(f"{reply.message} ({reply.type})")
     assert API_KEY not in str(raised.value)
 
 

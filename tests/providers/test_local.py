@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import struct
 import threading
 import time
@@ -20,6 +21,7 @@ from keel.errors import (
     InvalidRequestError,
     UnsupportedParameterError,
 )
+from keel.providers._llama_messages import template_messages
 from keel.providers._worker import ModelWorker
 from keel.providers.local_embeddings import SentenceTransformersProvider
 from keel.providers.local_llama import LlamaCppProvider
@@ -78,6 +80,20 @@ async def test_stream_ends_with_usage_that_counts_the_tokens(llama: LlamaCppProv
     assert final["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
 
 
+async def test_streamed_usage_matches_the_unstreamed_one(llama: LlamaCppProvider) -> None:
+    # Stop sequences and characters spread over several tokens are where counting shown text
+    # would go wrong.
+    requests = [
+        chat("Count from 1 to 10.", max_tokens=12, temperature=0, stop=["3"]),
+        chat("Reply with only emojis, no words: 😀😃😄😁😆", max_tokens=6, temperature=0),
+    ]
+    for request in requests:
+        plain = await llama.chat(request)
+        streamed = request.model_copy(update={"stream": True})
+        *_, final = [chunk async for chunk in llama.chat_stream(streamed)]
+        assert final["usage"] == plain["usage"]
+
+
 async def test_closing_a_stream_stops_the_generation(llama: LlamaCppProvider) -> None:
     stream = llama.chat_stream(chat("Write a very long story about the sea.", max_tokens=900))
     received = 0
@@ -123,14 +139,196 @@ async def test_prompt_over_the_context_window_is_a_400(llama: LlamaCppProvider) 
         await llama.chat(chat("word " * 1500, max_tokens=4))
 
 
-async def test_text_only_model_refuses_images_and_tools(llama: LlamaCppProvider) -> None:
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+
+# What the OpenAI SDK sends back after a tool call: an assistant turn with null content.
+TOOL_HISTORY: list[dict[str, Any]] = [
+    {"role": "developer", "content": "Answer in one word."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    {"role": "assistant", "function_call": {"name": "get_time", "arguments": "{}"}},
+    {"role": "function", "name": "get_time", "content": "noon"},
+    {
+        "role": "user",
+        "content": [{"type": "text", "text": "So, "}, {"type": "text", "text": "how?"}],
+    },
+]
+
+
+def test_history_reaches_the_template_as_role_and_text() -> None:
+    request = ChatCompletionRequest.model_validate({"model": CHAT_ID, "messages": TOOL_HISTORY})
+    assert template_messages(request.messages, CHAT_ID) == [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+            "\n</tool_call>",
+        },
+        {"role": "user", "content": "<tool_response>\nsunny\n</tool_response>"},
+        {
+            "role": "assistant",
+            "content": '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>',
+        },
+        # A tool result and the next user turn merge: some templates insist on alternation.
+        {"role": "user", "content": "<tool_response>\nnoon\n</tool_response>\n\nSo, how?"},
+    ]
+
+
+async def test_tool_call_history_with_null_content_is_answered(llama: LlamaCppProvider) -> None:
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": CHAT_ID,
+            "messages": TOOL_HISTORY,
+            "tools": TOOLS,
+            "tool_choice": "none",
+            "n": 1,
+            "max_tokens": 4,
+            "temperature": 0,
+        }
+    )
+    llama.check_chat_request(request)
+    response = await llama.chat(request)
+    assert response["choices"][0]["finish_reason"] in {"stop", "length"}
+    assert response["usage"]["prompt_tokens"] > 40
+
+
+async def test_text_only_model_refuses_images_and_tool_calls(llama: LlamaCppProvider) -> None:
     image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    with pytest.raises(InvalidRequestError, match="text only") as refused:
+        llama.check_chat_request(chat(image))
+    assert refused.value.param == "messages"
     with pytest.raises(InvalidRequestError, match="text only"):
         await llama.chat(chat(image))
-    tools = [{"type": "function", "function": {"name": "f"}}]
-    with pytest.raises(UnsupportedParameterError) as caught:
-        llama.check_chat_request(chat(tools=tools))
-    assert caught.value.param == "tools"
+    refusals = {
+        "tools": chat(tools=TOOLS),
+        "tools ": chat(tools=TOOLS, tool_choice="auto"),
+        "tool_choice": chat(tool_choice="required"),
+        "tool_choice ": chat(
+            tools=TOOLS, tool_choice={"type": "function", "function": {"name": "f"}}
+        ),
+        "functions": chat(functions=[{"name": "f"}]),
+        "function_call": chat(function_call={"name": "f"}),
+    }
+    for param, request in refusals.items():
+        with pytest.raises(UnsupportedParameterError) as caught:
+            llama.check_chat_request(request)
+        assert caught.value.param == param.strip()
+    # Definitions the model is told not to use, or a choice that asks for nothing, are fine.
+    llama.check_chat_request(chat(tools=TOOLS, tool_choice="none", parallel_tool_calls=False))
+    llama.check_chat_request(chat(tool_choice="auto"))
+    llama.check_chat_request(chat(functions=[{"name": "f"}], function_call="none"))
+
+
+async def test_several_choices_share_one_prompt(llama: LlamaCppProvider) -> None:
+    single = await llama.chat(chat(max_tokens=4, temperature=0))
+    several = await llama.chat(chat(max_tokens=4, n=3, temperature=1.5, seed=7))
+    choices = several["choices"]
+    assert [choice["index"] for choice in choices] == [0, 1, 2]
+    assert all(choice["message"]["content"] for choice in choices)
+    usage = several["usage"]
+    assert usage["prompt_tokens"] == single["usage"]["prompt_tokens"]
+    assert 3 <= usage["completion_tokens"] <= 12
+    # A seed makes the whole set reproducible.
+    again = await llama.chat(chat(max_tokens=4, n=3, temperature=1.5, seed=7))
+    assert [c["message"] for c in again["choices"]] == [c["message"] for c in choices]
+
+
+async def test_several_choices_stream_one_after_the_other(llama: LlamaCppProvider) -> None:
+    request = chat(max_tokens=4, n=2, temperature=0, stream=True)
+    chunks = [chunk async for chunk in llama.chat_stream(request)]
+    *content, final = chunks
+    assert len({chunk["id"] for chunk in chunks}) == 1
+    indexes = [chunk["choices"][0]["index"] for chunk in content]
+    assert indexes == sorted(indexes) and set(indexes) == {0, 1}
+    finishes = [c["choices"][0]["index"] for c in content if c["choices"][0]["finish_reason"]]
+    assert finishes == [0, 1]
+    tokens = [c for c in content if c["choices"][0]["delta"].get("content")]
+    assert final["usage"]["completion_tokens"] == len(tokens) <= 8
+    plain = await llama.chat(chat(max_tokens=4, temperature=0))
+    assert final["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
+
+
+def check_token_logprobs(content: list[dict[str, Any]], top: int) -> None:
+    for item in content:
+        assert item["logprob"] <= 0
+        assert item["bytes"] == list(item["token"].encode())
+        alternatives = item["top_logprobs"]
+        assert len(alternatives) == top
+        assert [a["logprob"] for a in alternatives] == sorted(
+            (a["logprob"] for a in alternatives), reverse=True
+        )
+        for alternative in alternatives:
+            assert alternative["bytes"] == list(alternative["token"].encode())
+        if top:
+            # Greedy decoding picks the likeliest token.
+            assert alternatives[0]["token"] == item["token"]
+            assert alternatives[0]["logprob"] == pytest.approx(item["logprob"])
+
+
+async def test_chat_logprobs_in_openai_shape(llama: LlamaCppProvider) -> None:
+    response = await llama.chat(chat(max_tokens=4, temperature=0, logprobs=True, top_logprobs=3))
+    choice = response["choices"][0]
+    content = choice["logprobs"]["content"]
+    assert len(content) == response["usage"]["completion_tokens"]
+    assert "".join(item["token"] for item in content) == choice["message"]["content"]
+    check_token_logprobs(content, 3)
+    json.dumps(response)  # plain JSON types only
+
+    bare = await llama.chat(chat(max_tokens=4, temperature=0, logprobs=True))
+    check_token_logprobs(bare["choices"][0]["logprobs"]["content"], 0)
+    plain = await llama.chat(chat(max_tokens=4, temperature=0))
+    assert plain["choices"][0]["logprobs"] is None
+    with pytest.raises(InvalidRequestError) as refused:
+        llama.check_chat_request(chat(top_logprobs=2))
+    assert refused.value.param == "top_logprobs"
+
+
+async def test_logprobs_of_tokens_that_split_a_character(llama: LlamaCppProvider) -> None:
+    # SmolLM2 spells each emoji in several byte-level tokens, none of them valid UTF-8 alone.
+    params: dict[str, Any] = {"max_tokens": 6, "temperature": 0, "logprobs": True}
+    prompt = "Reply with only emojis, no words: 😀😃😄😁😆"
+    response = await llama.chat(chat(prompt, **params))
+    text = response["choices"][0]["message"]["content"]
+    content = response["choices"][0]["logprobs"]["content"]
+    assert any(ord(character) > 0xFFFF for character in text)
+    assert bytes(b for item in content for b in item["bytes"]).decode() == text
+    assert any(item["token"].startswith("\\x") for item in content)  # a partial character
+
+    streamed, entries = "", []
+    async for chunk in llama.chat_stream(chat(prompt, stream=True, **params)):
+        for choice in chunk["choices"]:
+            streamed += choice["delta"].get("content") or ""
+            entries.extend((choice["logprobs"] or {}).get("content") or ())
+    assert streamed == text
+    assert entries == content
+
+
+async def test_streamed_logprobs_come_with_their_tokens(llama: LlamaCppProvider) -> None:
+    request = chat(max_tokens=4, temperature=0, logprobs=True, top_logprobs=2, stream=True)
+    chunks = [chunk async for chunk in llama.chat_stream(request)]
+    *content, final = chunks
+    text, logprobs = "", []
+    for chunk in content:
+        choice = chunk["choices"][0]
+        text += choice["delta"].get("content") or ""
+        if choice["logprobs"] is not None:
+            logprobs.extend(choice["logprobs"]["content"])
+    assert "".join(item["token"] for item in logprobs) == text
+    assert final["usage"]["completion_tokens"] == len(logprobs) <= 4
+    check_token_logprobs(logprobs, 2)
+    json.dumps(chunks)
 
 
 async def test_legacy_completion(llama: LlamaCppProvider) -> None:
@@ -139,6 +337,55 @@ async def test_legacy_completion(llama: LlamaCppProvider) -> None:
     assert response["object"] == "text_completion"
     assert [c["index"] for c in response["choices"]] == [0, 1]
     assert response["usage"]["completion_tokens"] > 0
+
+
+async def test_legacy_completion_choices_and_logprobs(llama: LlamaCppProvider) -> None:
+    request = CompletionRequest(
+        model=CHAT_ID, prompt=["The sky is", "Water is"], max_tokens=3, n=2, logprobs=2
+    )
+    response = await llama.complete(request)
+    choices = response["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3]
+    for choice, prompt in zip(choices, ["The sky is"] * 2 + ["Water is"] * 2, strict=True):
+        logprobs = choice["logprobs"]
+        tokens = logprobs["tokens"]
+        assert len(tokens) == len(logprobs["token_logprobs"]) <= 3
+        assert "".join(tokens) == choice["text"]
+        # Offsets count characters from the start of the prompt.
+        assert logprobs["text_offset"] == [
+            len(prompt) + len("".join(tokens[:i])) for i in range(len(tokens))
+        ]
+        # OpenAI's legacy shape: the `logprobs` likeliest tokens, plus the sampled one.
+        for token, top in zip(logprobs["tokens"], logprobs["top_logprobs"], strict=True):
+            assert token in top and 2 <= len(top) <= 3
+    json.dumps(response)  # plain JSON types only
+    # Log-probabilities cover generated tokens only: an echoed prompt has none to give.
+    with pytest.raises(UnsupportedParameterError) as refused:
+        await llama.complete(
+            CompletionRequest(model=CHAT_ID, prompt="The sky", max_tokens=2, echo=True, logprobs=1)
+        )
+    assert refused.value.param == "echo"
+    streamed = [
+        chunk
+        async for chunk in llama.complete_stream(
+            CompletionRequest(
+                model=CHAT_ID, prompt="Water is", max_tokens=3, logprobs=1, stream=True
+            )
+        )
+    ]
+    tokens = [
+        t for c in streamed for ch in c["choices"] for t in (ch["logprobs"] or {}).get("tokens", [])
+    ]
+    assert "".join(tokens) == "".join(ch["text"] for c in streamed for ch in c["choices"])
+    assert streamed[-1]["usage"]["completion_tokens"] == len(tokens)
+    # Each prompt counts once, however many choices it has.
+    each = await llama.complete(
+        CompletionRequest(model=CHAT_ID, prompt=request.prompt, max_tokens=1)
+    )
+    assert response["usage"]["prompt_tokens"] == each["usage"]["prompt_tokens"]
+    assert response["usage"]["completion_tokens"] == sum(
+        len(c["logprobs"]["tokens"]) for c in choices
+    )
 
 
 async def test_embeddings_float_and_base64(minilm: SentenceTransformersProvider) -> None:

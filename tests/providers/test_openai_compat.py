@@ -229,12 +229,13 @@ async def test_no_key_means_no_authorization_header(
     assert "openai-organization" not in fake_openai.last.headers
 
 
-async def test_stream_options_are_not_sent_on_a_non_streaming_call(
+async def test_stream_options_on_a_non_streaming_call_are_forwarded_as_sent(
     fake_openai: FakeOpenAI, provider: OpenAICompatibleProvider
 ) -> None:
-    # OpenAI rejects stream_options unless stream is true.
+    # The upstream judges them (OpenAI refuses them without stream: true), as it would if the
+    # client called it directly.
     await provider.chat(chat_request(stream_options={"include_usage": True}))
-    assert "stream_options" not in fake_openai.last.body
+    assert fake_openai.last.body["stream_options"] == {"include_usage": True}
 
 
 # --- non-streaming responses --------------------------------------------------------------------
@@ -538,8 +539,15 @@ async def test_error_statuses_map_to_keel_errors(
             await provider.chat(chat_request())
     assert type(raised.value) is error_class
     assert raised.value.status_code == status
-    # The upstream's message, read out of its error body, reaches the client.
-    assert raised.value.message == f"openai returned HTTP {reply.status}: {reply.message}"
+    if reply.status < 429:
+        # The caller's own mistake reaches it as the upstream said it, field by field.
+        assert raised.value.message == reply.message
+        assert raised.value.error_type == reply.type
+        if reply.code is not None:
+            assert raised.value.code == reply.code
+    else:
+        # The upstream's failure: its message, read out of its error body, with who said it.
+        assert raised.value.message == f"openai returned HTTP {reply.status}: {reply.message}"
 
 
 async def test_context_window_error_has_its_code(
@@ -578,7 +586,9 @@ async def test_rate_limit_keeps_retry_after(
     )
     with pytest.raises(RateLimitError) as raised:
         await provider.chat(chat_request())
-    assert raised.value.headers == {"retry-after": "7"}
+    assert raised.value.headers["retry-after"] == "7"
+    # The upstream's request id and rate-limit state travel with it, for the client.
+    assert raised.value.headers["x-request-id"] == "req_fake_upstream"
     assert "Rate limit reached for requests" in raised.value.message
 
 
@@ -588,7 +598,7 @@ async def test_rate_limit_in_a_stream_keeps_retry_after(
     fake_openai.then(ErrorReply(429, "Slow down", retry_after="2"))
     with pytest.raises(RateLimitError) as raised:
         await collect(provider.chat_stream(chat_request()))
-    assert raised.value.headers == {"retry-after": "2"}
+    assert raised.value.headers["retry-after"] == "2"
 
 
 async def test_errors_of_embeddings_and_completions_are_mapped(

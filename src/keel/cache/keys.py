@@ -30,6 +30,7 @@ __all__ = ["CONTROL_FIELD", "SemanticPrompt", "cache_key", "semantic_prompt", "t
 CONTROL_FIELD = "cache"
 _NOT_IN_KEY = frozenset({"model", "messages", "stream", "stream_options", "user", "metadata"})
 _EXCLUDED = _NOT_IN_KEY | {CONTROL_FIELD}
+_DECIMAL_PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 
 
 def _canonical(value: Any) -> bytes:
@@ -45,6 +46,12 @@ def _output_params(request: ChatCompletionRequest) -> dict[str, Any]:
     if params.get("n") == 1:
         # n=1 is the default everywhere; spelling it out must not split the entry.
         del params["n"]
+    # Requests keep numbers as sent (`1` or `1.0`); for these decimals both ask the same thing.
+    for name in _DECIMAL_PARAMS:
+        if isinstance(params.get(name), int):
+            params[name] = float(params[name])
+    if isinstance(params.get("logit_bias"), dict):
+        params["logit_bias"] = {token: float(bias) for token, bias in params["logit_bias"].items()}
     return params
 
 

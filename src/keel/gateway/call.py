@@ -61,6 +61,8 @@ class Call:
     estimate: Estimate | None = None  # what the reservation was made for
     relaying: bool = False  # a stream's relay started (it finishes the call itself)
     answered: bool = False  # a provider produced an answer (paid for, whatever came after)
+    # The answering upstream's request id and rate-limit headers, relayed to the client.
+    upstream_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def provider(self) -> Provider | None:
@@ -81,7 +83,8 @@ class Call:
         self.status_code = error.status_code
 
     def headers(self) -> dict[str, str]:
-        headers = {"x-keel-request-id": self.request_id}
+        headers = dict(self.upstream_headers)
+        headers["x-keel-request-id"] = self.request_id
         if self.cache_status is not None:
             headers["x-keel-cache"] = self.cache_status
         if self.registry_version is not None:
@@ -111,7 +114,7 @@ class Call:
             "created_at": self.created_at,
             "endpoint": self.endpoint,
             "model_requested": _text(self.model_requested, 255),
-            "provider": provider.config.provider if provider else None,
+            "provider": provider.name if provider else None,
             "deployment": provider.config.id if provider else None,
             "upstream_model": provider.upstream_model if provider else None,
             "stream": self.stream,

@@ -22,6 +22,7 @@ _SHARED_PARAMS = (
     "frequency_penalty",
     "seed",
     "user",
+    "logit_bias",
 )
 
 
@@ -31,13 +32,23 @@ def chat_request_for(request: CompletionRequest) -> ChatCompletionRequest:
         raise InvalidRequestError(
             f"model {request.model!r} takes one prompt per request", param="prompt"
         )
-    for param in ("echo", "suffix", "logprobs"):
-        if getattr(request, param) not in (None, False):
+    carried = {"max_tokens", *_SHARED_PARAMS}
+    # Unknown fields too: a chat request has nowhere to put them, and dropping them silently
+    # would answer a different request than the one sent. Null, false and best_of 1 (one
+    # candidate, what chat gives) ask for nothing.
+    for param, value in request.model_dump(exclude_unset=True, exclude={"model", "prompt"}).items():
+        asks_nothing = value is None or value is False or (param == "best_of" and value == 1)
+        if param not in carried and not asks_nothing:
             raise InvalidRequestError(
                 f"parameter {param!r} is not supported by model {request.model!r}",
                 param=param,
                 code="unsupported_parameter",
             )
+    if request.max_tokens == 0:
+        raise InvalidRequestError(
+            f"max_tokens: model {request.model!r} answers through chat, which needs at least 1",
+            param="max_tokens",
+        )
     fields = request.model_dump(include=set(_SHARED_PARAMS), exclude_unset=True)
     if request.max_tokens is not None:
         fields["max_tokens"] = request.max_tokens

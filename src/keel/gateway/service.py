@@ -17,10 +17,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from keel.cache import assemble, replay, take_cache_field
-from keel.errors import InvalidRequestError, KeelError, UpstreamBadResponseError
+from keel.errors import InternalError, InvalidRequestError, KeelError, UpstreamBadResponseError
 from keel.gateway.caching import CachePlan, ResponseCaching
 from keel.gateway.call import CLIENT_CLOSED_REQUEST, Call
 from keel.gateway.legacy import chat_request_for, text_chunks, text_completion_for
@@ -28,7 +28,9 @@ from keel.gateway.metering import Metering
 from keel.gateway.pricing import PriceTable, Usage
 from keel.gateway.screening import StreamScreen
 from keel.gateway.sse import DONE, encode_error, encode_event
+from keel.providers.exchange import Exchange, current_exchange
 from keel.registry.enforce import enforce_card_limits
+from keel.request_parsing import parse_request
 from keel.routing import failure_kind
 from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -171,11 +173,7 @@ class Gateway:
     # -- the steps -------------------------------------------------------------------------
 
     async def _parse(self, schema: type[RequestT], body: BodySource, call: Call) -> RequestT:
-        raw_body = await body()
-        try:
-            request = schema.model_validate_json(raw_body)
-        except ValidationError as exc:
-            raise _invalid_request(exc) from None
+        request = parse_request(schema, await body())
         call.model_requested = getattr(request, "model", None)
         call.stream = bool(getattr(request, "stream", False))
         return request
@@ -256,6 +254,9 @@ class Gateway:
         """Call upstream through the router's retries and fallbacks, timing the upstream part.
         A stream keeps its deployment's in-flight slot until `_relay` ends it."""
         started = time.perf_counter()
+        exchange = Exchange(client_headers=call.request_headers)
+        # Read by the HTTP layer beneath the providers (see keel.providers.exchange).
+        current_exchange.set(exchange)
         try:
             regions = call.residency.regions if call.residency is not None else None
             answer = await self.router.execute(
@@ -267,6 +268,7 @@ class Gateway:
                 enter_fallback=self.metering.fallback_entry(call, request),
             )
             call.answered = True
+            call.upstream_headers = _relayed(exchange.response_headers, group, call)
             return answer
         finally:
             call.upstream_s += time.perf_counter() - started
@@ -366,8 +368,10 @@ class Gateway:
             call.fail(exc)
             yield encode_error(exc)
         except Exception as exc:
+            # Providers raise Keel's errors for whatever an upstream does; anything else is
+            # Keel's own failure, never held against the deployment.
             log.exception("stream %s failed", call.request_id)
-            error = UpstreamBadResponseError(f"the stream failed: {type(exc).__name__}")
+            error = InternalError(f"Keel failed while relaying the stream ({type(exc).__name__})")
             call.fail(error)
             yield encode_error(error)
         finally:
@@ -463,6 +467,14 @@ class Gateway:
         await self.metering.drain()
 
 
+def _relayed(headers: dict[str, str], group: ModelGroup, call: Call) -> dict[str, str]:
+    """The upstream's request id always; its rate-limit state only when the one deployment
+    of the requested model answered, since only then does it describe what the client uses."""
+    if call.trace.group == group.id and len(group.deployments) == 1:
+        return headers
+    return {name: value for name, value in headers.items() if name == "x-request-id"}
+
+
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("closing an unfinished stream failed: %r", task.exception())
@@ -507,14 +519,3 @@ def _carries_output(chunk: dict[str, Any]) -> bool:
         if delta.get("content") or delta.get("tool_calls") or choice.get("text"):
             return True
     return False
-
-
-def _invalid_request(exc: ValidationError) -> InvalidRequestError:
-    first = exc.errors()[0]
-    location = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "json_invalid":
-        return InvalidRequestError(
-            f"the body is not valid JSON: {first['msg']}", code="invalid_json"
-        )
-    message = f"{location}: {first['msg']}" if location else first["msg"]
-    return InvalidRequestError(message, param=location or None)

@@ -7,9 +7,10 @@ mode (loopback bind, no admin key, `auth.required` unset) treats the caller as t
 any other server answers 401.
 
 The snapshot is rebuilt in a worker thread after a write made through this replica (before the
-write is acknowledged), and when the `governance_state.version` the poller reads every
-`auth.refresh_interval_s` moves on (a write made through another replica). No request waits on
-the database.
+write is acknowledged); when another replica announces a newer `governance_state.version`
+through Redis (`keel.governance.propagation`, with `redis_url`); and, as the fallback, when the
+version the poller reads every `auth.refresh_interval_s` moves on. No request waits on the
+database.
 """
 
 from __future__ import annotations
@@ -147,6 +148,19 @@ class Access:
             await asyncio.shield(self._pending)
         except Exception as exc:  # the write stands; the poller will catch up
             log.error("reloading keys and policies failed: %s", type(exc).__name__)
+
+    async def changed_elsewhere(self, version: int | None) -> None:
+        """Another replica announced a write that left the directory at `version`; None when
+        announcements may have been missed. Reload unless this snapshot is already there.
+        Not through `apply_change`: a write waiting there must not wait for this reload too
+        (this replica hears its own announcements)."""
+        if version is None:
+            version = await asyncio.to_thread(self.directory.version)
+            if version == self._snapshot.version:
+                return
+        elif version <= self._snapshot.version:
+            return
+        await self.refresh()
 
     async def _reload_until_clean(self) -> None:
         while self._dirty:

@@ -6,10 +6,13 @@ batches in a worker thread. Each batch is one transaction that first takes the c
 reads the newest entry's hash and chains the batch onto it, so replicas sharing a database
 append to one chain and never fork it. `verify()` walks the chain and names the first entry
 that was changed, removed or reordered. The chain itself lives in `keel.governance.audit_chain`.
+`record_refusal()` is for refusals that name nobody: they are tallied per source
+(`keel.governance.audit_refusals`), so an anonymous client cannot grow the log at will.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -29,6 +32,7 @@ from keel.governance.audit_chain import (
     redact,
     to_json_value,
 )
+from keel.governance.audit_refusals import RefusalTally
 from keel.governance.tables import audit_log
 from keel.identity import Actor
 from keel.store.batching import BatchWriter
@@ -67,11 +71,21 @@ class AuditLog(BatchWriter[dict[str, Any]]):
     _log = log
 
     def __init__(
-        self, database: Database, *, batch_size: int = 500, flush_interval_s: float = 0.2
+        self,
+        database: Database,
+        *,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.2,
+        refusal_window_s: float = 60.0,
+        refusal_max_sources: int = 1000,
     ) -> None:
         super().__init__(batch_size=batch_size, flush_interval_s=flush_interval_s)
         self._database = database
         self._stopped = False
+        self._refusals = RefusalTally(
+            self.record, window_s=refusal_window_s, max_sources=refusal_max_sources
+        )
+        self._refusal_timer: asyncio.TimerHandle | None = None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -107,8 +121,54 @@ class AuditLog(BatchWriter[dict[str, Any]]):
             return
         self._enqueue(entry)
 
+    def record_refusal(
+        self,
+        action: str,
+        *,
+        code: str | None,
+        reason: str,
+        target: str,
+        outcome: str,
+        source_ip: str | None,
+    ) -> None:
+        """A refusal that names nobody: the first from its source in a window is an entry at
+        once, the rest one summary entry when the window ends. Call it on the event loop the
+        log runs on; never blocks, never raises."""
+        try:
+            self._refusals.add(
+                action,
+                code=code,
+                reason=reason,
+                target=target,
+                outcome=outcome,
+                source_ip=source_ip,
+            )
+            if self._refusal_timer is None:
+                self._arm_refusal_timer()
+        except Exception:
+            log.exception("AUDIT ENTRY LOST: could not tally a refusal (%s)", action)
+
+    def _arm_refusal_timer(self) -> None:
+        delay = self._refusals.seconds_to_next_end()
+        if delay is None or self._loop is None or self._stopped:
+            self._refusal_timer = None
+            return
+        # A little late rather than early: an early wake-up would find nothing ended yet.
+        self._refusal_timer = self._loop.call_later(delay + 0.01, self._refusals_ended)
+
+    def _refusals_ended(self) -> None:
+        try:
+            self._refusals.expire()
+        except Exception:
+            log.exception("AUDIT ENTRY LOST: could not write refusal summaries")
+        self._arm_refusal_timer()
+
     async def stop(self) -> None:
-        """Write everything queued, then stop."""
+        """Write the refusal summaries and everything queued, then stop."""
+        if self._refusal_timer is not None:
+            self._refusal_timer.cancel()
+            self._refusal_timer = None
+        self._refusals.close()
         await super().stop()
         self._stopped = True
         if self._queue:

@@ -2,8 +2,10 @@
 
 Synchronous like the registry: the server calls each method through `asyncio.to_thread`, each
 method is one transaction, and every write bumps `governance_state.version` in that same
-transaction so every replica's in-memory snapshot (`keel.governance.access`) notices it.
-Writes return `(before, after)` so the caller can audit them.
+transaction so every replica's in-memory snapshot (`keel.governance.access`) notices it. Once
+a write commits, `on_commit` is told the new version (the server announces it to the other
+replicas through Redis, `keel.governance.propagation`). Writes return `(before, after)` so the
+caller can audit them.
 """
 
 from __future__ import annotations
@@ -92,10 +94,15 @@ class DirectoryData:
 
 class Directory:
     def __init__(
-        self, database: Database, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        database: Database,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self.database = database
         self._clock = clock
+        self._on_commit = on_commit
 
     # -- reading --------------------------------------------------------------------------
 
@@ -177,6 +184,11 @@ class Directory:
     # -- writing --------------------------------------------------------------------------
 
     def ensure_default_org(self) -> None:
+        # Read first: a replica starting must not bump the version (and make every other
+        # replica reload) when there is nothing to write.
+        with self.database.engine.connect() as connection:
+            if connection.scalar(select(db.organizations.c.id).limit(1)) is not None:
+                return
         with self._writing() as connection:
             if connection.scalar(select(db.organizations.c.id).limit(1)) is None:
                 with contextlib.suppress(ConflictError):  # a replica starting alongside won
@@ -421,6 +433,10 @@ class Directory:
                 .where(db.governance_state.c.id == 1)
                 .values(version=db.governance_state.c.version + 1)
             )
+            # Read back inside the transaction, which holds the row: exactly this write's value.
+            version = int(connection.scalar(select(db.governance_state.c.version)) or 0)
+        if self._on_commit is not None:
+            self._on_commit(version)
 
     def _insert_org(self, connection: Connection, name: str) -> Row[Any]:
         values = {"id": f"org_{uuid.uuid4().hex[:20]}", "name": name, "created_at": self._clock()}

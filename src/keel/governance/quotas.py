@@ -330,10 +330,13 @@ def build_quotas(
     redis_url: str | None,
     failure_mode: FailureMode = "open",
     *,
+    redis_prefix: str = "keel:",
     clock: Callable[[], float] = time.time,
 ) -> Quotas:
     """Counters in Redis, shared by replicas, when a URL is given; else in this process."""
     store: CounterStore = (
-        MemoryCounterStore() if redis_url is None else RedisCounterStore(redis_url)
+        MemoryCounterStore()
+        if redis_url is None
+        else RedisCounterStore(redis_url, prefix=f"{redis_prefix}quota:")
     )
     return Quotas(store, failure_mode=failure_mode, clock=clock)

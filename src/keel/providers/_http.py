@@ -6,7 +6,7 @@ modules only say how to find the message in their error bodies.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from keel import secrets
 from keel.errors import (
     ContextWindowExceededError,
     InvalidRequestError,
@@ -28,6 +29,7 @@ from keel.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from keel.providers.exchange import OPENAI_FORWARDED_HEADERS, forwarded_headers, note_response
 
 __all__ = [
     "ErrorMessageFinder",
@@ -57,6 +59,9 @@ _CONTENT_POLICY_HINTS = (
     "content_filter",
 )
 _CONTENT_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
+# Headers the HTTP layer itself sets, and the client headers forwarded on a caller's behalf:
+# never credentials of Keel's.
+_PUBLIC_HEADERS = frozenset({"content-type", "accept", *OPENAI_FORWARDED_HEADERS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +90,16 @@ def error_for_status(
     find_message: ErrorMessageFinder = default_error_message,
     retry_after: str | None = None,
     credentials: Sequence[str] = (),
+    relay_fields: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> KeelError:
-    """The Keel error for an upstream HTTP error response, with `credentials` blanked out."""
+    """The Keel error for an upstream HTTP error response, with `credentials` blanked out.
+
+    An error the caller caused (a 4xx other than 401/403/408/429) keeps the upstream's status
+    and message; with `relay_fields` (OpenAI-format upstreams) also its type, code and param,
+    so a client sees what it would have seen calling the upstream directly. Failures of the
+    upstream itself become Keel's upstream errors, which routing retries and counts.
+    """
     try:
         body: Any = orjson.loads(raw_body) if raw_body else None
     except orjson.JSONDecodeError:
@@ -94,48 +107,82 @@ def error_for_status(
     detail = find_message(body) if body is not None else None
     if detail is None:
         detail = raw_body.decode("utf-8", "replace").strip() or "no error body"
+    secrets.register(credentials)
     for secret in credentials:
         # Some servers repeat the key they refused; it must not travel on to clients or logs.
         detail = detail.replace(secret, "[redacted]")
     detail = detail[:1000]
     message = f"{provider} returned HTTP {status}: {detail}"
     lowered = detail.lower()
-    headers = {"retry-after": retry_after} if retry_after else None
-    if status in (400, 422) and any(hint in lowered for hint in _CONTEXT_WINDOW_HINTS):
-        return ContextWindowExceededError(message)
+    relayed = dict(headers or {})
+    if retry_after:
+        relayed["retry-after"] = retry_after
+    fields = _openai_error_fields(body) if relay_fields else {}
+    code = fields.get("code")
+    if status in (400, 422) and (
+        code == "context_length_exceeded"
+        or (code is None and any(hint in lowered for hint in _CONTEXT_WINDOW_HINTS))
+    ):
+        return ContextWindowExceededError(
+            detail, status_code=status, headers=relayed, **_kept(fields, "code")
+        )
     if status in (400, 422):
-        refused = _mentions_policy(lowered) or _error_code(body) in _CONTENT_POLICY_CODES
-        return InvalidRequestError(message, code="content_policy_violation" if refused else None)
+        refused = _mentions_policy(lowered) or code in _CONTENT_POLICY_CODES
+        if refused and code is None:
+            fields["code"] = "content_policy_violation"
+        return InvalidRequestError(detail, status_code=status, headers=relayed, **fields)
     if status in (401, 403):
         return UpstreamAuthError(
             f"{provider} refused the credentials configured in Keel (HTTP {status}): {detail}"
         )
     if status == 404:
-        return NotFoundError(message, code="upstream_not_found")
+        fields.setdefault("code", "upstream_not_found")
+        return NotFoundError(detail, headers=relayed, **fields)
     if status == 413:
-        return RequestTooLargeError(message)
+        return RequestTooLargeError(detail, headers=relayed, **fields)
     if status == 429:
-        return RateLimitError(message, headers=headers)
+        return RateLimitError(message, headers=relayed, **fields)
     if status in (503, 529):
-        return UpstreamUnavailableError(message, headers=headers)
+        return UpstreamUnavailableError(message, headers=relayed)
     if status == 504 or status == 408:
         return UpstreamTimeoutError(message)
+    if 400 <= status < 500:
+        # Any other refusal of the request (405, 409, 415, ...) is the caller's to fix.
+        return InvalidRequestError(detail, status_code=status, headers=relayed, **fields)
     return UpstreamError(message)
 
 
-_CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog-api-key"})
+def _openai_error_fields(body: Any) -> dict[str, Any]:
+    """`type`, `code` and `param` of an OpenAI-format error body, where they are strings."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return {}
+    fields: dict[str, Any] = {}
+    for source, target in (("type", "error_type"), ("code", "code"), ("param", "param")):
+        value = error.get(source)
+        if isinstance(value, str) and value:
+            fields[target] = value[:200]
+    return fields
+
+
+def _kept(fields: dict[str, Any], *without: str) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if name not in without}
 
 
 def credentials_in(headers: dict[str, str]) -> list[str]:
-    """The secret values a request carries in its headers (with and without a scheme)."""
+    """The values a request carries in its headers that may be secrets: every configured
+    header is treated as one (with and without a scheme), not only the well-known names."""
     found = []
     for name, value in headers.items():
-        if name.lower() in _CREDENTIAL_HEADERS:
-            found.append(value)
-            _, _, token = value.partition(" ")
-            if token:
-                found.append(token)
-    return sorted((secret for secret in found if len(secret) >= 4), key=len, reverse=True)
+        if name.lower() in _PUBLIC_HEADERS:
+            continue
+        found.append(value)
+        _, _, token = value.partition(" ")
+        if token:
+            found.append(token)
+    return sorted(
+        (value for value in found if len(value) >= secrets.MIN_SECRET_LENGTH), key=len, reverse=True
+    )
 
 
 def _error_code(body: Any) -> str | None:
@@ -178,6 +225,7 @@ def _error_response(
     raw: bytes,
     sent_headers: dict[str, str],
     find_message: ErrorMessageFinder,
+    openai_errors: bool,
 ) -> KeelError:
     return error_for_status(
         provider,
@@ -186,7 +234,18 @@ def _error_response(
         find_message=find_message,
         retry_after=response.headers.get("retry-after"),
         credentials=credentials_in(sent_headers),
+        relay_fields=openai_errors,
+        headers=note_response(response.headers),
     )
+
+
+def _encoded(payload: dict[str, Any]) -> bytes:
+    """The request body. What can't be encoded came from the caller (an integer past 64 bits,
+    say): the caller's error, raised before anything reaches the upstream."""
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequestError(f"the request cannot be encoded as JSON: {exc}") from None
 
 
 async def post_json(
@@ -200,18 +259,25 @@ async def post_json(
     connect_timeout_s: float = 10.0,
     find_message: ErrorMessageFinder = default_error_message,
     params: dict[str, str] | None = None,
+    forward: Collection[str] = (),
+    openai_errors: bool = False,
 ) -> dict[str, Any]:
+    """POST `payload` as JSON. `forward` names the client headers this deployment takes;
+    `openai_errors` says the upstream's error bodies are OpenAI's, to be relayed field by field."""
+    encoded = _encoded(payload)
+    sent = {**forwarded_headers(forward), **headers}
     with transport_errors(provider, timeout_s):
         async with session.post(
             url,
-            data=orjson.dumps(payload),
-            headers={"content-type": "application/json", **headers},
+            data=encoded,
+            headers={"content-type": "application/json", **sent},
             params=params,
             timeout=_timeout(timeout_s, connect_timeout_s, streaming=False),
         ) as response:
             raw = await response.read()
             if response.status >= 400:
-                raise _error_response(provider, response, raw, headers, find_message)
+                raise _error_response(provider, response, raw, headers, find_message, openai_errors)
+            note_response(response.headers)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -232,23 +298,28 @@ async def stream_sse(
     connect_timeout_s: float = 10.0,
     find_message: ErrorMessageFinder = default_error_message,
     params: dict[str, str] | None = None,
+    forward: Collection[str] = (),
+    openai_errors: bool = False,
 ) -> AsyncIterator[SSEEvent]:
     """POST and yield the server-sent events of the response, per the WHATWG SSE framing."""
+    encoded = _encoded(payload)
+    sent = {**forwarded_headers(forward), **headers}
     with transport_errors(provider, timeout_s):
         async with session.post(
             url,
-            data=orjson.dumps(payload),
+            data=encoded,
             headers={
                 "content-type": "application/json",
                 "accept": "text/event-stream",
-                **headers,
+                **sent,
             },
             params=params,
             timeout=_timeout(timeout_s, connect_timeout_s, streaming=True),
         ) as response:
             if response.status >= 400:
                 raw = await response.read()
-                raise _error_response(provider, response, raw, headers, find_message)
+                raise _error_response(provider, response, raw, headers, find_message, openai_errors)
+            note_response(response.headers)
             event, data = "", list[str]()
             async for raw_line in response.content:
                 line = raw_line.decode("utf-8", "replace").rstrip("\r\n")

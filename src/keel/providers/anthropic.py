@@ -127,6 +127,7 @@ class AnthropicProvider(Provider):
             timeout_s=self.config.timeout_s,
             connect_timeout_s=self.config.connect_timeout_s,
             find_message=anthropic_error_message,
+            forward=self.forwarded_headers,
         )
         return _completion(body, self.upstream_model)
 
@@ -172,8 +173,8 @@ class AnthropicProvider(Provider):
             payload["stop_sequences"] = stops
         if request.user:
             payload["metadata"] = {"user_id": request.user}
-        if request.tools:
-            payload["tools"] = [_tool(tool.function) for tool in request.tools]
+        if tools := request.function_tools(f"provider {self.name!r} (model {self.config.id!r})"):
+            payload["tools"] = [_tool(tool.function) for tool in tools]
             if (choice := _tool_choice(request)) is not None:
                 payload["tool_choice"] = choice
         response_format = request.response_format
@@ -201,6 +202,7 @@ class AnthropicProvider(Provider):
             timeout_s=self.config.timeout_s,
             connect_timeout_s=self.config.connect_timeout_s,
             find_message=anthropic_error_message,
+            forward=self.forwarded_headers,
         )
         created = int(time.time())
         completion_id, model = new_completion_id(), self.upstream_model
@@ -309,7 +311,7 @@ def _turn(message: ChatMessage, where: str) -> tuple[str, list[dict[str, Any]]]:
                 param="messages",
             )
         blocks = _content_blocks(message.content, f"{where}.content")
-        for call in message.tool_calls or []:
+        for call in message.function_calls("provider 'anthropic'"):
             arguments = _parse_arguments(call.function.arguments, f"{where}.tool_calls")
             blocks.append(
                 {"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments}

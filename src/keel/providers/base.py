@@ -59,6 +59,8 @@ class Provider:
     # None means "forward every parameter" (OpenAI-compatible servers judge for themselves).
     chat_params: ClassVar[frozenset[str] | None] = COMMON_CHAT_PARAMS
     required_config: ClassVar[tuple[str, ...]] = ()
+    # Client headers the provider's deployments pass on unless configured otherwise.
+    default_forwarded_headers: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: DeploymentConfig, http: aiohttp.ClientSession) -> None:
         self.config = config
@@ -67,6 +69,14 @@ class Provider:
     @property
     def upstream_model(self) -> str:
         return self.config.upstream_model
+
+    @property
+    def forwarded_headers(self) -> frozenset[str]:
+        """The client headers this deployment passes on (`forward_headers` in its config)."""
+        configured = self.config.forward_headers
+        if configured is None:
+            return self.default_forwarded_headers
+        return frozenset(configured)
 
     def check_chat_request(self, request: ChatCompletionRequest) -> None:
         """Refuse, by name, a parameter this provider cannot honour."""

@@ -160,7 +160,8 @@ def _assistant_message(message: ChatMessage) -> dict[str, Any]:
             param="messages",
         )
     text = message.text()
-    if not message.tool_calls:
+    calls = message.function_calls("provider 'cohere'")
+    if not calls:
         return {"role": "assistant", "content": text}
     translated: dict[str, Any] = {
         "role": "assistant",
@@ -174,7 +175,7 @@ def _assistant_message(message: ChatMessage) -> dict[str, Any]:
                     "arguments": call.function.arguments or "{}",
                 },
             }
-            for call in message.tool_calls
+            for call in calls
         ],
     }
     if text:
@@ -352,6 +353,7 @@ class CohereProvider(Provider):
             timeout_s=self.config.timeout_s,
             connect_timeout_s=self.config.connect_timeout_s,
             find_message=_error_message,
+            forward=self.forwarded_headers,
         )
 
     def _chat_payload(self, request: ChatCompletionRequest, *, stream: bool) -> dict[str, Any]:
@@ -375,9 +377,9 @@ class CohereProvider(Provider):
                 payload[param] = value
         if (response_format := _cohere_response_format(request.response_format)) is not None:
             payload["response_format"] = response_format
-        if request.tools:
-            payload["tools"] = _cohere_tools(request.tools)
-            if any(tool.function.strict for tool in request.tools):
+        if tools := request.function_tools(f"provider {self.name!r} (model {self.config.id!r})"):
+            payload["tools"] = _cohere_tools(tools)
+            if any(tool.function.strict for tool in tools):
                 payload["strict_tools"] = True
         if (tool_choice := _cohere_tool_choice(request.tool_choice)) is not None:
             payload["tool_choice"] = tool_choice
@@ -435,6 +437,7 @@ class CohereProvider(Provider):
                 timeout_s=self.config.timeout_s,
                 connect_timeout_s=self.config.connect_timeout_s,
                 find_message=_error_message,
+                forward=self.forwarded_headers,
             ),
         )
         async with aclosing(events):

@@ -205,6 +205,7 @@ class GeminiProvider(Provider):
             "timeout_s": self.config.timeout_s,
             "connect_timeout_s": self.config.connect_timeout_s,
             "find_message": gemini_error_message,
+            "forward": self.forwarded_headers,
         }
 
     def _payload(self, request: ChatCompletionRequest) -> dict[str, Any]:
@@ -215,8 +216,8 @@ class GeminiProvider(Provider):
         generation_config = self._generation_config(request)
         if generation_config:
             payload["generationConfig"] = generation_config
-        if request.tools:
-            declarations = [self._declaration(tool) for tool in request.tools]
+        if tools := request.function_tools(f"provider {self.name!r} (model {self.config.id!r})"):
+            declarations = [self._declaration(tool) for tool in tools]
             payload["tools"] = [{"functionDeclarations": declarations}]
             if request.tool_choice is not None:
                 payload["toolConfig"] = _tool_config(request.tool_choice)
@@ -322,7 +323,7 @@ def _inline_data(url: str) -> dict[str, str]:
 
 def _assistant_parts(message: ChatMessage, tool_names: dict[str, str]) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = [{"text": text}] if (text := message.text()) else []
-    for call in message.tool_calls or []:
+    for call in message.function_calls("provider 'gemini'"):
         tool_names[call.id] = call.function.name
         part: dict[str, Any] = {
             "functionCall": {"name": call.function.name, "args": _arguments(call.function)}

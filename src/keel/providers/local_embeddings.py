@@ -9,7 +9,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from keel.errors import ConfigError, InvalidRequestError, UnsupportedParameterError
+from keel.errors import (
+    ConfigError,
+    InvalidRequestError,
+    UnsupportedParameterError,
+    UpstreamUnavailableError,
+)
 from keel.providers._bundled import bundled_embedding_model_path
 from keel.providers._worker import ModelWorker
 from keel.providers.base import Provider
@@ -54,7 +59,14 @@ class SentenceTransformersProvider(Provider):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(str(self._model_path), device="cpu")
+            try:
+                self._model = SentenceTransformer(str(self._model_path), device="cpu")
+            except (ValueError, RuntimeError, OSError) as exc:
+                # A model the runtime cannot load is this deployment's failure, not Keel's.
+                raise UpstreamUnavailableError(
+                    f"model {self.config.id!r}: the model could not be loaded "
+                    f"({type(exc).__name__})"
+                ) from None
         return self._model
 
     async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:

@@ -1,11 +1,18 @@
 """Local GGUF models through llama-cpp-python: the bundled SmolLM2-135M-Instruct and any other GGUF.
 
-Generation runs in the model's own worker thread (see `_worker`), never on the event loop.
+Generation runs in the model's own worker thread (see `_worker`), never on the event loop. A
+request is one job in that queue, all of its choices (`n`) included.
+
+Log-probabilities are noted as tokens are sampled (see `_llama_logprobs`), so the model is never
+created with llama-cpp-python's `logits_all` (n_ctx x vocabulary floats in memory, about 400 MB
+for the bundled model, and the output layer computed for every prompt token).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,6 +24,8 @@ from keel.errors import (
     UpstreamUnavailableError,
 )
 from keel.providers._bundled import bundled_chat_model_path
+from keel.providers._llama_logprobs import SampleLog, recording_llama_class
+from keel.providers._llama_messages import check_no_tool_use, template_messages
 from keel.providers._openai_format import usage, usage_chunk
 from keel.providers._worker import ModelWorker
 from keel.providers.base import Provider
@@ -38,11 +47,13 @@ __all__ = ["LlamaCppProvider"]
 _SAMPLING_PARAMS = (
     "temperature",
     "top_p",
-    "seed",
     "presence_penalty",
     "frequency_penalty",
     "logit_bias",
 )
+
+# One choice's generation: the llama in, llama.cpp's result or chunks out.
+_Generation = Callable[["Llama"], Any]
 
 
 class LlamaCppProvider(Provider):
@@ -52,6 +63,8 @@ class LlamaCppProvider(Provider):
     chat_params = frozenset(
         {
             *_SAMPLING_PARAMS,
+            "seed",
+            "n",
             "max_tokens",
             "max_completion_tokens",
             "stop",
@@ -62,12 +75,19 @@ class LlamaCppProvider(Provider):
             "top_logprobs",
             "user",
             "metadata",
+            # Accepted while they ask for no tool call (see `check_no_tool_use`).
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+            "functions",
+            "function_call",
         }
     )
 
     def __init__(self, config: DeploymentConfig, http: aiohttp.ClientSession) -> None:
         super().__init__(config, http)
         self._llama: Llama | None = None
+        self._sample_log = SampleLog()
         self._worker = ModelWorker(config.id)
         self._model_path = config.model_path or bundled_chat_model_path()
 
@@ -83,6 +103,13 @@ class LlamaCppProvider(Provider):
             raise ConfigError(f"model {self.config.id!r}: GGUF file not found: {self._model_path}")
         await self._worker.run(self._load)
 
+    def check_chat_request(self, request: ChatCompletionRequest) -> None:
+        super().check_chat_request(request)
+        check_no_tool_use(request, self.name, self.config.id)
+        if request.top_logprobs is not None and not request.logprobs:
+            raise InvalidRequestError("top_logprobs requires logprobs: true", param="top_logprobs")
+        template_messages(request.messages, self.config.id)
+
     def _load(self) -> Llama:
         # Runs in the worker thread, so the first request after a lazy start waits in line too.
         if self._llama is None:
@@ -90,22 +117,28 @@ class LlamaCppProvider(Provider):
                 raise UpstreamUnavailableError(
                     f"model {self.config.id!r}: GGUF file not found: {self._model_path}"
                 )
-            from llama_cpp import Llama
-
-            self._llama = Llama(
-                model_path=str(self._model_path),
-                n_ctx=self.config.n_ctx,
-                n_threads=self.config.n_threads,
-                verbose=False,
-            )
+            try:
+                self._llama = recording_llama_class()(
+                    model_path=str(self._model_path),
+                    n_ctx=self.config.n_ctx,
+                    n_threads=self.config.n_threads,
+                    verbose=False,
+                    sample_log=self._sample_log,
+                )
+            except (ValueError, RuntimeError, OSError) as exc:
+                # The model runtime is this deployment's upstream: a file it cannot load is
+                # the deployment's failure (fallbacks apply), not the request's or Keel's.
+                raise UpstreamUnavailableError(
+                    f"model {self.config.id!r}: the GGUF file could not be loaded "
+                    f"({type(exc).__name__})"
+                ) from None
         return self._llama
 
     def _chat_arguments(self, request: ChatCompletionRequest) -> dict[str, Any]:
+        # Also checked by `check_chat_request`; repeated so no caller can skip it.
+        self.check_chat_request(request)
         arguments: dict[str, Any] = {
-            "messages": [
-                message.model_dump(exclude_none=True, include={"role", "content", "name"})
-                for message in request.messages
-            ],
+            "messages": template_messages(request.messages, self.config.id),
             "max_tokens": request.output_token_limit(),
             "stop": request.stop_list() or None,
         }
@@ -118,38 +151,49 @@ class LlamaCppProvider(Provider):
             if request.response_format.json_schema and request.response_format.json_schema.schema_:
                 fmt["schema"] = request.response_format.json_schema.schema_
             arguments["response_format"] = fmt
-        if request.logprobs:
-            arguments["logprobs"] = True
-            arguments["top_logprobs"] = request.top_logprobs
-        for message in arguments["messages"]:
-            if isinstance(message.get("content"), list):
-                # Only text parts can reach a text-only model; anything else is refused.
-                parts = message["content"]
-                if any(part.get("type") != "text" for part in parts):
-                    raise InvalidRequestError(
-                        f"model {self.config.id!r} accepts text only", param="messages"
-                    )
-                message["content"] = "".join(part["text"] for part in parts)
         return arguments
 
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
         arguments = self._chat_arguments(request)
+        log, wanted, top = self._sample_log, bool(request.logprobs), request.top_logprobs or 0
 
-        def generate() -> ChatCompletion:
-            llama = self._load()
-            try:
-                result: ChatCompletion = llama.create_chat_completion(**arguments)  # type: ignore[assignment]
-            except ValueError as exc:
-                raise _context_error(self.config.id, exc) from exc
+        def generate(llama: Llama, seed: int) -> Any:
+            with log.recording(wanted, top):
+                result: Any = llama.create_chat_completion(seed=seed, **arguments)
+                choice = result["choices"][0]
+                content = log.content_for(choice["message"].get("content") or "")
+                choice["logprobs"] = None if content is None else _chat_logprobs(content)
             return result
 
-        response = await self._worker.run(generate)
-        response["model"] = self.config.id
-        return response
+        generations = [_bind(generate, seed) for seed in _seeds(request.seed, request.n)]
+        results = await self._worker.run(self._generate_all, generations)
+        choices = []
+        for index, result in enumerate(results):
+            choice = dict(result["choices"][0])
+            choice["index"] = index
+            choices.append(choice)
+        return self._combined(results, choices, object_type="chat.completion")
 
     def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         arguments = self._chat_arguments(request)
-        return self._stream(lambda llama: llama.create_chat_completion(stream=True, **arguments))
+        log, wanted, top = self._sample_log, bool(request.logprobs), request.top_logprobs or 0
+
+        def generate(llama: Llama, seed: int) -> Iterator[dict[str, Any]]:
+            # Runs in the worker, where the samples are noted: each chunk takes the entries of
+            # the tokens its text shows.
+            with log.recording(wanted, top):
+                chunks: Iterator[dict[str, Any]] = llama.create_chat_completion(  # type: ignore[assignment]
+                    stream=True, seed=seed, **arguments
+                )
+                for chunk in chunks:
+                    for choice in chunk["choices"]:
+                        text = (choice.get("delta") or {}).get("content") or ""
+                        content = log.content_for(text) if text else None
+                        choice["logprobs"] = _chat_logprobs(content) if content else None
+                    yield chunk
+
+        generations = [_bind(generate, seed) for seed in _seeds(request.seed, request.n)]
+        return self._stream(generations)
 
     def _completion_arguments(self, request: CompletionRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
@@ -158,116 +202,212 @@ class LlamaCppProvider(Provider):
             "echo": bool(request.echo),
             "suffix": request.suffix,
         }
-        for param in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+        for param in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
             value = getattr(request, param)
             if value is not None:
                 arguments[param] = value
-        if request.logprobs is not None:
-            arguments["logprobs"] = request.logprobs
         return arguments
 
-    async def complete(self, request: CompletionRequest) -> dict[str, Any]:
-        _one_choice(request)
+    def _text_generation(
+        self, request: CompletionRequest, *, stream: bool
+    ) -> Callable[[Llama, tuple[str, int]], Any]:
+        """One `/v1/completions` choice: `(prompt, seed)` in, llama.cpp's result or chunks out,
+        with log-probabilities in OpenAI's legacy shape."""
+        if request.logprobs is not None and request.echo:
+            # llama-cpp-python's own log-probabilities of an echoed prompt are misaligned by one
+            # token, and Keel notes only sampled tokens.
+            raise UnsupportedParameterError(
+                f"parameter 'echo' with 'logprobs' is not supported by provider {self.name!r} "
+                f"(model {self.config.id!r}): log-probabilities cover generated tokens only",
+                param="echo",
+            )
         arguments = self._completion_arguments(request)
-        prompts = request.prompts()
+        log, noted, top = self._sample_log, request.logprobs is not None, request.logprobs or 0
 
-        def generate() -> list[dict[str, Any]]:
-            llama = self._load()
-            try:
-                results: list[dict[str, Any]] = [
-                    llama.create_completion(prompt, **arguments)  # type: ignore[misc]
-                    for prompt in prompts
-                ]
-                return results
-            except ValueError as exc:
-                raise _context_error(self.config.id, exc) from exc
+        def logprobs(choice: dict[str, Any], shown: str) -> dict[str, Any] | None:
+            if not noted:
+                return None
+            entries = log.content_for(choice.get("text") or "")
+            return _text_logprobs(entries, shown) if entries else None
 
-        results = await self._worker.run(generate)
-        first = results[0]
+        def generate(llama: Llama, job: tuple[str, int]) -> Any:
+            prompt, seed = job
+            with log.recording(noted, top):
+                result: Any = llama.create_completion(prompt, seed=seed, **arguments)
+                result["choices"][0]["logprobs"] = logprobs(result["choices"][0], prompt)
+            return result
+
+        def generate_stream(llama: Llama, job: tuple[str, int]) -> Iterator[dict[str, Any]]:
+            prompt, seed = job
+            shown = prompt
+            with log.recording(noted, top):
+                chunks: Iterator[dict[str, Any]] = llama.create_completion(  # type: ignore[assignment]
+                    prompt, stream=True, seed=seed, **arguments
+                )
+                for chunk in chunks:
+                    for choice in chunk["choices"]:
+                        choice["logprobs"] = logprobs(choice, shown)
+                        shown += choice.get("text") or ""
+                    yield chunk
+
+        return generate_stream if stream else generate
+
+    async def complete(self, request: CompletionRequest) -> dict[str, Any]:
+        generate = self._text_generation(request, stream=False)
+        seeds = _seeds(request.seed, request.n)
+        # OpenAI's order: the choices of the first prompt, then those of the second, ...
+        generations = [
+            _bind(generate, (prompt, seed)) for prompt in request.prompts() for seed in seeds
+        ]
+        results = await self._worker.run(self._generate_all, generations)
         choices = []
-        prompt_tokens = completion_tokens = 0
         for index, result in enumerate(results):
             choice = dict(result["choices"][0])
             choice["index"] = index
             choices.append(choice)
-            prompt_tokens += result["usage"]["prompt_tokens"]
-            completion_tokens += result["usage"]["completion_tokens"]
-        return {
-            "id": first["id"],
-            "object": "text_completion",
-            "created": first["created"],
-            "model": self.config.id,
-            "choices": choices,
-            "usage": usage(prompt_tokens, completion_tokens),
-        }
+        # The prompt is evaluated once per prompt, not once per choice.
+        body = self._combined(results, choices, object_type="text_completion")
+        body["usage"] = usage(
+            sum(result["usage"]["prompt_tokens"] for result in results[:: len(seeds)]),
+            body["usage"]["completion_tokens"],
+        )
+        return body
 
     def complete_stream(self, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
-        _one_choice(request)
         prompts = request.prompts()
         if len(prompts) != 1:
             raise InvalidRequestError("streaming takes a single prompt", param="prompt")
-        arguments = self._completion_arguments(request)
-        return self._stream(
-            lambda llama: llama.create_completion(prompts[0], stream=True, **arguments)
-        )
+        generate = self._text_generation(request, stream=True)
+        generations = [
+            _bind(generate, (prompts[0], seed)) for seed in _seeds(request.seed, request.n)
+        ]
+        return self._stream(generations)
 
-    async def _stream(self, start: Any) -> AsyncIterator[dict[str, Any]]:
-        """Relay the worker's chunks, then a usage chunk (llama.cpp streams carry none)."""
+    def _generate_all(self, generations: list[_Generation]) -> list[Any]:
+        """Every choice of one request, in the worker, one after the other."""
+        llama = self._load()
+        with _llama_errors(self.config.id):
+            return [generate(llama) for generate in generations]
+
+    def _combined(
+        self, results: list[dict[str, Any]], choices: list[dict[str, Any]], *, object_type: str
+    ) -> dict[str, Any]:
+        first = results[0]
+        return {
+            "id": first["id"],
+            "object": object_type,
+            "created": first["created"],
+            "model": self.config.id,
+            "choices": choices,
+            # One prompt evaluated for all the choices, as OpenAI counts it.
+            "usage": usage(
+                first["usage"]["prompt_tokens"],
+                sum(result["usage"]["completion_tokens"] for result in results),
+            ),
+        }
+
+    async def _stream(
+        self,
+        generations: list[_Generation],
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Relay each choice's chunks in turn, then a usage chunk (llama.cpp streams carry none)."""
         model_id = self.config.id
         counts = {"completion": 0, "prompt": 0}
-        last: dict[str, Any] = {}
+        first: dict[str, Any] = {}
 
-        def produce() -> Iterator[dict[str, Any]]:
-            llama = self._load()
-            try:
-                cut_by_length = False
-                for chunk in start(llama):
-                    if _carries_token(chunk):
-                        counts["completion"] += 1
-                    if any(c.get("finish_reason") == "length" for c in chunk["choices"]):
-                        cut_by_length = True
-                    yield chunk
-            except ValueError as exc:
-                raise _context_error(model_id, exc) from exc
-            # llama.cpp reports no split, but the context holds the prompt and every generated
-            # token it evaluated: all of them, except the last when the limit stopped it.
-            evaluated = counts["completion"] - (1 if cut_by_length else 0)
-            counts["prompt"] = max(llama.n_tokens - evaluated, 0)
+        def produce() -> Iterator[tuple[int, dict[str, Any]]]:
+            llama, log = self._load(), self._sample_log
+            with _llama_errors(model_id):
+                for index, generate in enumerate(generations):
+                    log.sampled, finish = 0, None
+                    for chunk in generate(llama):
+                        for choice in chunk["choices"]:
+                            finish = choice.get("finish_reason") or finish
+                        yield index, chunk
+                    # Counted as llama.cpp counts when not streaming: every sampled token but an
+                    # end-of-turn token (which shows no text).
+                    ended = finish == "stop" and not llama.detokenize([log.last_token])
+                    counts["completion"] += log.sampled - (1 if ended and log.sampled else 0)
+                    if index == 0:
+                        # The context holds the prompt and every sampled token but the last,
+                        # which the generation stopped at before evaluating it.
+                        counts["prompt"] = max(llama.n_tokens - max(log.sampled - 1, 0), 0)
 
-        async for chunk in self._worker.stream(produce):
-            chunk["model"] = model_id
-            last = chunk
+        async for index, chunk in self._worker.stream(produce):
+            if not first:
+                first = chunk
+            # One stream, one id: each choice is a separate llama.cpp call with its own.
+            chunk["id"], chunk["created"], chunk["model"] = first["id"], first["created"], model_id
+            for choice in chunk["choices"]:
+                choice["index"] = index
             yield chunk
-        if last:
+        if first:
             yield usage_chunk(
-                completion_id=last["id"],
+                completion_id=first["id"],
                 model=model_id,
                 usage=usage(counts["prompt"], counts["completion"]),
-                created=last["created"],
-            ) | {"object": last["object"]}
+                created=first["created"],
+            ) | {"object": first["object"]}
 
     async def aclose(self) -> None:
         self._worker.shutdown()
 
 
-def _one_choice(request: CompletionRequest) -> None:
-    if request.n is not None and request.n > 1:
-        raise UnsupportedParameterError(
-            f"model {request.model!r} generates one choice per prompt; n={request.n} is not "
-            "supported",
-            param="n",
-        )
+def _bind(generate: Callable[[Llama, Any], Any], value: Any) -> _Generation:
+    return lambda llama: generate(llama, value)
 
 
-def _carries_token(chunk: dict[str, Any]) -> bool:
-    for choice in chunk.get("choices", []):
-        if choice.get("text") or (choice.get("delta") or {}).get("content"):
-            return True
-    return False
+def _seeds(seed: int | None, n: int | None) -> list[int]:
+    """One seed per choice. A request's seed makes its choices reproducible (and different from
+    each other); without one every choice gets a fresh random seed, since llama-cpp-python would
+    otherwise derive it from the previous request's."""
+    count = n or 1
+    if seed is None:
+        return [secrets.randbits(32) for _ in range(count)]
+    return [(seed + index) % 2**32 for index in range(count)]
 
 
-def _context_error(model_id: str, exc: ValueError) -> Exception:
-    text = str(exc)
-    if "context window" in text or "exceed" in text:
-        return ContextWindowExceededError(f"model {model_id!r}: {text}")
-    return InvalidRequestError(f"model {model_id!r}: {text}")
+def _chat_logprobs(content: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"content": content, "refusal": None}
+
+
+def _text_logprobs(entries: list[dict[str, Any]], shown: str) -> dict[str, Any]:
+    """Noted log-probabilities in the legacy shape; offsets count characters from the start of
+    the prompt (`shown` is the text before these tokens)."""
+    tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
+    shown_bytes = shown.encode()
+    for entry in entries:
+        offsets.append(len(shown_bytes.decode(errors="ignore")))
+        shown_bytes += bytes(entry["bytes"])
+        tokens.append(entry["token"])
+        token_logprobs.append(entry["logprob"])
+        # The legacy API lists the sampled token among the likeliest, even when it is not.
+        likeliest = {a["token"]: a["logprob"] for a in entry["top_logprobs"]}
+        likeliest.setdefault(entry["token"], entry["logprob"])
+        top_logprobs.append(likeliest)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top_logprobs,
+        "text_offset": offsets,
+    }
+
+
+@contextmanager
+def _llama_errors(model_id: str) -> Iterator[None]:
+    """llama-cpp-python's refusals as Keel's 400s: a prompt over the context window, and a chat
+    template that cannot render the conversation (raised before any token is generated)."""
+    from jinja2 import TemplateError
+
+    try:
+        yield
+    except ValueError as exc:
+        text = str(exc)
+        if "context window" in text or "exceed" in text:
+            raise ContextWindowExceededError(f"model {model_id!r}: {text}") from exc
+        raise InvalidRequestError(f"model {model_id!r}: {text}") from exc
+    except TemplateError as exc:
+        raise InvalidRequestError(
+            f"model {model_id!r}: its chat template cannot render this conversation: {exc}",
+            param="messages",
+        ) from exc

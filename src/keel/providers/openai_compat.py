@@ -1,8 +1,10 @@
 """OpenAI, and every server that speaks its API: vLLM, Ollama, llama.cpp server, Groq, Together,
 Mistral, DeepSeek, OpenRouter, LM Studio, ... — plus Azure OpenAI's URL and api-version scheme.
 
-Requests are forwarded nearly verbatim (only the model name changes), so parameters these servers
-add on top of OpenAI's (vLLM's `top_k`, say) pass through untouched.
+Requests are forwarded as the client sent them: only the model name changes (and, on streams,
+`stream_options.include_usage`, which Keel needs for accounting). Parameters these servers add on
+top of OpenAI's (vLLM's `top_k`, say) pass through untouched, integers stay integers and explicit
+nulls stay null. What Keel changed in the request on its way (masked text) is what is sent.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from keel.providers._http import (
     stream_sse,
 )
 from keel.providers.base import Provider
+from keel.providers.exchange import OPENAI_FORWARDED_HEADERS
 from keel.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -38,6 +41,7 @@ class OpenAICompatibleProvider(Provider):
     supports_completions = True
     supports_embeddings = True
     chat_params = None
+    default_forwarded_headers = OPENAI_FORWARDED_HEADERS
 
     def _url(self, endpoint: str) -> str:
         base = (self.config.api_base or OPENAI_API_BASE).rstrip("/")
@@ -54,8 +58,10 @@ class OpenAICompatibleProvider(Provider):
             headers["openai-organization"] = self.config.organization
         return headers
 
-    def _payload(self, request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
-        payload = request.model_dump(exclude_unset=True, exclude_none=True, by_alias=True)
+    def _payload(
+        self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+    ) -> dict[str, Any]:
+        payload = request.wire_dump()
         payload["model"] = self.upstream_model
         return payload
 
@@ -64,7 +70,8 @@ class OpenAICompatibleProvider(Provider):
         payload["stream"] = True
         if self.config.options.get("stream_usage", True):
             # Keel needs usage for accounting even when the client did not ask for it.
-            payload["stream_options"] = {**payload.get("stream_options", {}), "include_usage": True}
+            sent = payload.get("stream_options") or {}  # absent, or an explicit null
+            payload["stream_options"] = {**sent, "include_usage": True}
         return payload
 
     def _request_options(self) -> dict[str, Any]:
@@ -73,6 +80,8 @@ class OpenAICompatibleProvider(Provider):
             "params": self._query(),
             "timeout_s": self.config.timeout_s,
             "connect_timeout_s": self.config.connect_timeout_s,
+            "forward": self.forwarded_headers,
+            "openai_errors": True,
         }
 
     async def _post(self, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -114,25 +123,19 @@ class OpenAICompatibleProvider(Provider):
             raise UpstreamBadResponseError(f"{self.name} ended the stream before it finished")
 
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
-        payload = self._payload(request)
-        payload.pop("stream_options", None)
-        return await self._post("chat/completions", payload)
+        return await self._post("chat/completions", self._payload(request))
 
     def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         return self._stream("chat/completions", self._stream_payload(request))
 
     async def complete(self, request: CompletionRequest) -> dict[str, Any]:
-        payload = self._payload(request)
-        payload.pop("stream_options", None)
-        return await self._post("completions", payload)
+        return await self._post("completions", self._payload(request))
 
     def complete_stream(self, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
         return self._stream("completions", self._stream_payload(request))
 
     async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
-        payload = request.model_dump(exclude_unset=True, exclude_none=True)
-        payload["model"] = self.upstream_model
-        return await self._post("embeddings", payload)
+        return await self._post("embeddings", self._payload(request))
 
 
 class AzureOpenAIProvider(OpenAICompatibleProvider):

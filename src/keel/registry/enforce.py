@@ -38,6 +38,9 @@ def estimate_input_tokens(request: BaseModel) -> int:
         characters = sum(len(message.text()) for message in request.messages)
         return math.ceil(characters / 4) + _TOKENS_PER_MESSAGE * len(request.messages)
     if isinstance(request, CompletionRequest):
+        token_prompts = request.token_prompts()
+        if token_prompts is not None:  # token ids: the count is exact
+            return max(len(ids) for ids in token_prompts)
         return max(math.ceil(len(prompt) / 4) for prompt in request.prompts())
     if isinstance(request, EmbeddingRequest):
         texts = request.texts()

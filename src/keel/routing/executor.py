@@ -6,8 +6,13 @@ The rules, in order of precedence:
 - a deployment failure (429, 5xx, timeouts, connection errors, unusable responses; which of
   these count is `retry.retry_on`) is reported to the deployment's circuit breaker, then the next
   attempt goes to an untried deployment at once, or — when every deployment was tried — to a
-  retry after exponential backoff with full jitter; a Retry-After is honoured by not calling that
-  deployment before it passes; a deployment whose key was refused is never retried;
+  retry after exponential backoff with full jitter; a deployment whose key was refused is never
+  retried;
+- a 429 is back-pressure, not failure: the deployment sits out its Retry-After without its
+  circuit moving, the next attempt goes elsewhere, and when nothing else can serve, the request
+  waits for it only up to `retry.rate_limit_wait_s`, else the 429 and its Retry-After go back;
+- an exception that is not one of Keel's errors was raised by Keel's own code: a 500, never
+  retried and never held against the deployment;
 - `retry.max_attempts` per group and `retry.deadline_s` for the whole request bound the work;
 - when the group is exhausted, its `fallbacks` are tried in order, each with its own retry policy;
 - if everything fails, the last error is raised (its class and status kept) with the list of
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -27,6 +33,7 @@ from typing import TypeVar
 from keel.config import RetryableFailure
 from keel.errors import (
     ContextWindowExceededError,
+    InternalError,
     KeelError,
     RateLimitError,
     UpstreamAuthError,
@@ -148,12 +155,14 @@ async def _run_group(
     refused_key: set[str] = _outside(group, regions)
     last_error: KeelError | None = None
     for attempt in range(group.retry.max_attempts):
+        waited = False
         deployment = group.choose(tried, exclude=refused_key)
         if deployment is None:
             deployment = await _wait_for_rate_limit(group, deadline, refused_key)
             if deployment is None:
                 break
-        if deployment.id in tried:
+            waited = True
+        if deployment.id in tried and not waited:
             await _backoff(group, attempt, deadline)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -176,12 +185,16 @@ async def _run_group(
             kind = failure_kind(exc)
             trace.tried.append((deployment.id, kind or f"HTTP {exc.status_code}"))
             if kind is None:
+                # The request's own fault (or Keel's): the deployment did nothing wrong.
                 deployment.health.released(probe=probe)
                 target = _special_fallback(group, exc)
                 if target is not None:
                     raise _Redirect(target, exc) from None
                 raise
-            deployment.health.failed(kind, retry_after_s=_retry_after(exc), probe=probe)
+            if kind == "rate_limit":
+                deployment.health.rate_limited(_retry_after(exc), probe=probe)
+            else:
+                deployment.health.failed(kind, retry_after_s=_retry_after(exc), probe=probe)
             if kind == "auth":
                 refused_key.add(deployment.id)
             last_error = exc
@@ -189,24 +202,25 @@ async def _run_group(
                 raise _Exhausted(exc) from None
             continue
         except Exception as exc:
-            # Anything else the provider raised means it answered with something unusable.
-            log.warning("deployment %s failed unexpectedly: %r", deployment.id, exc)
-            error = UpstreamBadResponseError(
-                f"{deployment.provider.name} returned an unusable response ({type(exc).__name__})"
-            )
-            deployment.health.failed("bad_response", probe=probe)
-            trace.tried.append((deployment.id, "bad_response"))
-            last_error = error
-            if "bad_response" not in group.retry.retry_on:
-                raise _Exhausted(error) from None
-            continue
-        except BaseException:
+            # Providers translate everything an upstream can do into Keel's errors at the HTTP
+            # seam; anything else was raised by Keel's own adapter code. That is Keel's bug, to
+            # be logged and answered as such, never a health event for the deployment.
             deployment.health.released(probe=probe)
+            trace.tried.append((deployment.id, "internal_error"))
+            log.exception("Keel's adapter for deployment %s failed", deployment.id)
+            raise InternalError(
+                f"Keel failed to handle the request for deployment {deployment.id!r} "
+                f"({type(exc).__name__})"
+            ) from None
+        except BaseException:
+            # Cancelled: the client went away, or the server is stopping.
+            deployment.health.released(probe=probe)
+            trace.tried.append((deployment.id, "cancelled"))
             raise
         deployment.health.succeeded(time.monotonic() - started, probe=probe, release=not hold)
         trace.tried.append((deployment.id, "ok"))
         return result
-    raise _Exhausted(last_error)
+    raise _Exhausted(last_error or _all_rate_limited(group, refused_key))
 
 
 def _outside(group: ModelGroup, regions: frozenset[str] | None) -> set[str]:
@@ -242,18 +256,36 @@ async def _backoff(group: ModelGroup, attempt: int, deadline: float) -> None:
 async def _wait_for_rate_limit(
     group: ModelGroup, deadline: float, exclude: Collection[str]
 ) -> Deployment | None:
-    """When every deployment is only rate limited, wait for the first Retry-After to pass."""
+    """When every deployment is only rate limited, wait for the first Retry-After to pass if
+    that is within `retry.rate_limit_wait_s` and the deadline; then that deployment is tried,
+    whatever else happened meanwhile (the retry waited for is always made)."""
+    soonest = _soonest_rate_limited(group, exclude)
+    if soonest is None:
+        return None
+    delay = soonest.health.rate_limited_until - time.monotonic()
+    if delay > group.retry.rate_limit_wait_s or delay > deadline - time.monotonic():
+        return None
+    await asyncio.sleep(max(delay, 0))
+    return None if soonest.health.state == "open" else soonest
+
+
+def _soonest_rate_limited(group: ModelGroup, exclude: Collection[str]) -> Deployment | None:
     now = time.monotonic()
     waiting = [
         d
         for d in group.deployments
-        if d.id not in exclude and d.health.state == "closed" and d.health.rate_limited_until > now
+        if d.id not in exclude and d.health.state != "open" and d.health.rate_limited_until > now
     ]
-    if not waiting:
+    return min(waiting, key=lambda d: d.health.rate_limited_until) if waiting else None
+
+
+def _all_rate_limited(group: ModelGroup, exclude: Collection[str]) -> KeelError | None:
+    """The 429 for a group whose deployments all asked for quiet before this request came."""
+    soonest = _soonest_rate_limited(group, exclude)
+    if soonest is None:
         return None
-    soonest = min(waiting, key=lambda d: d.health.rate_limited_until)
-    delay = soonest.health.rate_limited_until - time.monotonic()
-    if delay > deadline - time.monotonic():
-        return None
-    await asyncio.sleep(max(delay, 0))
-    return soonest if soonest.health.available() else None
+    wait_s = max(math.ceil(soonest.health.rate_limited_until - time.monotonic()), 1)
+    return RateLimitError(
+        f"every deployment of {group.id!r} is rate limited by its upstream",
+        headers={"retry-after": str(wait_s)},
+    )

@@ -50,9 +50,11 @@ class DeploymentHealth:
                 return False
             self.state = "half_open"
             self.probe_in_flight = False
+        if now < self.rate_limited_until:
+            return False
         if self.state == "half_open":
             return not self.probe_in_flight
-        return now >= self.rate_limited_until
+        return True
 
     def saturated(self) -> bool:
         now = self.clock()
@@ -108,6 +110,16 @@ class DeploymentHealth:
         if probe or len(self._failures) >= self.circuit.failure_threshold:
             self.state = "open"
             self.cooldown_until = max(self.cooldown_until, now + self.circuit.cooldown_s)
+        if probe:
+            self.probe_in_flight = False
+
+    def rate_limited(self, retry_after_s: float | None, *, probe: bool = False) -> None:
+        """The deployment asked for less traffic. That is back-pressure, not failure: it is
+        kept out of rotation for its Retry-After, and its circuit is left as it was."""
+        self.in_flight -= 1
+        self.last_error = "rate_limit"
+        if retry_after_s:
+            self.rate_limited_until = max(self.rate_limited_until, self.clock() + retry_after_s)
         if probe:
             self.probe_in_flight = False
 

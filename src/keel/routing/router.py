@@ -200,7 +200,7 @@ class Router:
             {
                 "id": deployment.id,
                 "group": group.id,
-                "provider": deployment.provider.config.provider,
+                "provider": deployment.provider.name,
                 "upstream_model": deployment.provider.upstream_model,
                 "weight": deployment.weight,
                 "tier": deployment.tier,
@@ -212,7 +212,7 @@ class Router:
         ]
 
     def _card(self, group: ModelGroup) -> dict[str, Any]:
-        owners = {deployment.provider.config.provider for deployment in group.deployments}
+        owners = {deployment.provider.name for deployment in group.deployments}
         return {
             "id": group.id,
             "object": "model",

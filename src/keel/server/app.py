@@ -15,7 +15,9 @@ from keel.governance.access import is_loopback
 from keel.routing.router import check_deployments
 from keel.server.access import authorized
 from keel.server.authentication import AuthenticateFirst
+from keel.server.browser_guard import JsonBodiesOnly, guard_browsers
 from keel.server.errors import install_error_handlers
+from keel.server.openapi import install_openapi
 from keel.server.routes import audit, governance, inference, operations, registry
 from keel.server.services import running_services
 from keel.server.timing import ArrivalTime
@@ -54,10 +56,14 @@ def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
         summary="OpenAI-compatible gateway over every LLM provider and local models.",
         lifespan=lifespan,
     )
-    # Added first so it runs inside ArrivalTime: the overhead figure includes authentication.
+    # Each add_middleware wraps the ones before it. Inside ArrivalTime, so the overhead figure
+    # includes them: CORS and the host check, then authentication, then the content-type rule.
+    app.add_middleware(JsonBodiesOnly)
     app.add_middleware(AuthenticateFirst)
+    guard_browsers(app, settings)
     app.add_middleware(ArrivalTime)
     install_error_handlers(app)
+    install_openapi(app)
     # The inference routes authenticate inline (no dependency injection on the hot path);
     # every other route goes through the permission matrix here.
     app.include_router(inference.router)

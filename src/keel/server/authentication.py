@@ -5,7 +5,8 @@ the API description) is authenticated from the in-memory snapshot before routing
 parses the body of a caller who has no business sending one, and management bodies are cut
 off at `server.max_request_body_bytes` (the inference routes enforce it themselves). The actor
 goes to `scope["state"]["actor"]`, where `request.state.actor` finds it; what it may do is
-decided per route by `keel.server.access.authorized`.
+decided per route by `keel.server.access.authorized`. A refusal here names nobody, so it goes
+to the audit log through `AuditLog.record_refusal`, tallied per source.
 """
 
 from __future__ import annotations
@@ -42,18 +43,16 @@ class AuthenticateFirst:
         try:
             actor = await keel.access.authenticate(Headers(scope=scope), client_ip)
         except KeelError as exc:
-            if exc.code != "missing_api_key":
-                # A presented credential that fails is evidence worth keeping (guessing, a
-                # leaked key used from elsewhere); a request with none at all is a scanner's
-                # noise, and would let anyone grow the log without limit.
-                keel.audit.record(
-                    "access.denied" if exc.status_code == 403 else "access.unauthenticated",
-                    actor=None,
-                    target=f"{scope['method']} {scope['path'][:200]}",
-                    outcome=str(exc.status_code),
-                    detail={"code": exc.code, "reason": exc.message},
-                    source_ip=client_ip,
-                )
+            # Evidence of guessing, scanning or a leaked key used from elsewhere; tallied per
+            # source, since each of these requests costs its sender nothing.
+            keel.audit.record_refusal(
+                "access.denied" if exc.status_code == 403 else "access.unauthenticated",
+                code=exc.code,
+                reason=exc.message,
+                target=f"{scope['method']} {scope['path'][:200]}",
+                outcome=str(exc.status_code),
+                source_ip=client_ip,
+            )
             await error_response(exc)(scope, receive, send)
             return
         scope.setdefault("state", {})["actor"] = actor

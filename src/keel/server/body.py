@@ -13,9 +13,11 @@ __all__ = ["StoredBody", "read_body"]
 
 class StoredBody(BaseModel):
     """A management request body whose text ends up in the database: unknown fields are
-    refused, and so is text no database column can hold (NUL, lone surrogates)."""
+    refused, and so is text no database column can hold (NUL, lone surrogates). Types are
+    strict: `true` or `"7"` is not a number, `"yes"` or `1` not a boolean (a field that reads
+    a JSON string as another type, such as a time, says `strict=False`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @field_validator("*", mode="after")
     @classmethod

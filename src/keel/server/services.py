@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from fastapi import Request
 
+from keel import secrets
 from keel.cache import Caches, build_cache, provider_embedder
 from keel.config import Settings
 from keel.errors import ConfigError
@@ -25,6 +26,7 @@ from keel.governance.directory import Directory
 from keel.governance.guardrails import Guardrails
 from keel.governance.oidc import OidcVerifier
 from keel.governance.policy import RequestPolicy
+from keel.governance.propagation import ChangeFeed, change_channel
 from keel.governance.quotas import Quotas, build_quotas
 from keel.registry import Registry, RegistryView
 from keel.routing import AttemptTrace, Router, build_router
@@ -70,6 +72,10 @@ async def services(request: Request) -> Services:
 @asynccontextmanager
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
     settings.home_dir.mkdir(parents=True, exist_ok=True)
+    # Before anything can fail and say so: configured credentials never appear in errors,
+    # records or logs.
+    secrets.register(settings.secret_values())
+    secrets.guard_loggers()
     database = Database(settings.effective_database_url)
     await asyncio.to_thread(database.migrate)
     http = aiohttp.ClientSession(
@@ -91,15 +97,26 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         database,
         batch_size=settings.server.record_batch_size,
         flush_interval_s=settings.server.record_flush_interval_s,
+        refusal_window_s=settings.server.refusal_audit_window_s,
+        refusal_max_sources=settings.server.refusal_audit_max_sources,
     )
     await audit.start()
-    directory = Directory(database)
+    changes = (
+        ChangeFeed(settings.redis_url, channel=change_channel(settings.redis_prefix))
+        if settings.redis_url
+        else None
+    )
+    directory = Directory(database, on_commit=changes.announce if changes else None)
     oidc = OidcVerifier(settings.auth.oidc) if settings.auth.oidc else None
     access = Access(directory, settings.auth, host=settings.server.host, oidc=oidc)
     await access.start()
+    if changes is not None:
+        await changes.start(access.changed_elsewhere)
     if access.required:
         await bootstrap_admin(directory, access, settings, audit)
-    quotas = build_quotas(settings.redis_url, settings.quotas.failure_mode)
+    quotas = build_quotas(
+        settings.redis_url, settings.quotas.failure_mode, redis_prefix=settings.redis_prefix
+    )
     caching = ResponseCaching(
         _build_caches(settings, router), semantic_default=settings.cache.semantic.enabled
     )
@@ -137,6 +154,8 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             running.warmup.cancel()
         await registry_view.close()
         await caching.close()
+        if changes is not None:
+            await changes.aclose()
         await access.close()
         await gateway.drain()
         await quotas.aclose()
@@ -177,6 +196,7 @@ def _build_caches(settings: Settings, router: Router) -> Caches | None:
         embed = provider_embedder(provider, model)
     return build_cache(
         redis_url=settings.redis_url,
+        redis_prefix=f"{settings.redis_prefix}cache:",
         sqlite_path=settings.home_dir / "cache.sqlite3" if config.persistent else None,
         max_entries=config.max_entries,
         default_ttl_s=config.default_ttl_s,

@@ -10,7 +10,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, TextPart
+from keel.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CustomToolCall,
+    EmbeddingRequest,
+    TextPart,
+)
 
 __all__ = ["Slot", "answer_slots", "request_slots", "tool_argument_slots"]
 
@@ -46,7 +52,9 @@ def request_slots(request: Any) -> list[Slot]:
             elif message.content:
                 slots.extend(Slot(p, "text") for p in message.content if isinstance(p, TextPart))
             for call in message.tool_calls or ():
-                if call.function.arguments:
+                if isinstance(call, CustomToolCall):
+                    slots.append(Slot(call.custom, "input"))
+                elif call.function.arguments:
                     slots.append(Slot(call.function, "arguments"))
     elif isinstance(request, CompletionRequest):
         slots.extend(_strings(request, "prompt"))

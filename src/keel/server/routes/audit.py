@@ -17,10 +17,13 @@ from starlette.responses import StreamingResponse
 from keel.errors import InvalidRequestError
 from keel.governance.audit import AuditLog
 from keel.server.access import audited
+from keel.server.openapi import error_responses
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/keel/audit", tags=["audit"])
+router = APIRouter(
+    prefix="/v1/keel/audit", tags=["audit"], responses=error_responses(401, 403, 500)
+)
 
 # seq is a 64-bit integer column: beyond this no entry can exist, and neither SQLite nor
 # PostgreSQL could bind the number (a 400, not a 500).
@@ -81,7 +84,17 @@ async def list_entries(
     return {"object": "list", "data": rows, "next_after_seq": next_after_seq}
 
 
-@router.get("/export")
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "One entry a line, oldest first.",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        },
+        **error_responses(400),
+    },
+)
 async def export_entries(
     request: Request,
     since: str | None = _SINCE,
@@ -110,7 +123,7 @@ async def export_entries(
     )
 
 
-@router.post("/verify")
+@router.post("/verify", responses=error_responses(413, 415))
 async def verify_chain(request: Request) -> dict[str, Any]:
     """Recompute every entry's hash and link; name the first entry that does not hold."""
     audit = _audit_log(request)

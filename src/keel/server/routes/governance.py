@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from starlette.responses import JSONResponse
 
 from keel.errors import InvalidRequestError, PermissionDeniedError
@@ -23,11 +23,12 @@ from keel.identity import Actor
 from keel.server.access import audited, current_actor
 from keel.server.body import StoredBody
 from keel.server.jsonable import to_jsonable
+from keel.server.openapi import error_responses
 from keel.server.services import Services
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/keel", tags=["governance"])
+router = APIRouter(prefix="/v1/keel", tags=["governance"], responses=error_responses(401, 403, 500))
 
 _NO_NUL = r"^[^\x00]*$"
 _NAME_PATH = Path(..., min_length=1, max_length=128, pattern=_NO_NUL)
@@ -36,42 +37,68 @@ Role = Literal["admin", "maintainer", "developer", "viewer"]
 
 
 _Body = StoredBody
+# What a route can answer besides 401, 403 and 500 (the router's): 400 with any parameter or
+# body, 413 and 415 with any body, 404 where it names something, 409 where a write can collide.
+_WRITES = error_responses(400, 404, 409, 413, 415)
+_FINDS = error_responses(400, 404)
 _LATEST = datetime(9000, 1, 1, tzinfo=UTC)  # far enough; every database stores it
+
+# One rule per field, shared by the POST that creates and the PATCH that changes: a value one
+# refuses, the other refuses too.
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+NameRef = Annotated[str, Field(max_length=128)]
+Email = Annotated[str, Field(max_length=320)]
+# A region tag as deployments carry it (`eu-west-1`): printable, no control characters, no
+# blank at either end.
+_NOT_BLANK = r"[^\x00-\x20\x7f-\x9f]"
+Region = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=rf"^{_NOT_BLANK}(?:[^\x00-\x1f\x7f-\x9f]*{_NOT_BLANK})?$",
+    ),
+]
+Regions = Annotated[list[Region], Field(max_length=100)]
+
+
+class Limits(LimitSet):
+    """`LimitSet` as a request body gives it: numbers are JSON numbers, not `true` or `"7"`."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class OrgBody(_Body):
-    name: str = Field(min_length=1, max_length=128)
+    name: Name
 
 
 class TeamBody(_Body):
-    name: str = Field(min_length=1, max_length=128)
-    org: str | None = Field(default=None, max_length=128)
-    allowed_regions: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
-        default=None, max_length=100
-    )
-    limits: LimitSet = Field(default_factory=LimitSet)
+    name: Name
+    org: NameRef | None = None
+    allowed_regions: Regions | None = None
+    limits: Limits = Field(default_factory=Limits)
 
 
 class TeamPatch(_Body):
-    allowed_regions: list[str] | None = Field(default=None, max_length=100)
-    limits: LimitSet | None = None
+    allowed_regions: Regions | None = None
+    limits: Limits | None = None
 
 
 class UserBody(_Body):
-    name: str = Field(min_length=1, max_length=128)
+    name: Name
     kind: Literal["user", "service_account"] = "user"
     role: Role = "developer"
-    team: str | None = Field(default=None, max_length=128)
-    org: str | None = Field(default=None, max_length=128)
-    email: str | None = Field(default=None, max_length=320)
-    limits: LimitSet = Field(default_factory=LimitSet)
+    team: NameRef | None = None
+    org: NameRef | None = None
+    email: Email | None = None
+    limits: Limits = Field(default_factory=Limits)
 
 
 class UserPatch(_Body):
     role: Role | None = None
-    team: str | None = Field(default=None, max_length=128, description="null: no team.")
-    email: str | None = Field(default=None, max_length=320)
-    limits: LimitSet | None = None
+    team: NameRef | None = Field(default=None, description="null: no team.")
+    email: Email | None = None
+    limits: Limits | None = None
     disabled: bool | None = None
 
     @model_validator(mode="after")
@@ -83,8 +110,8 @@ class UserPatch(_Body):
 
 
 class KeyBody(_Body):
-    name: str = Field(default="default", min_length=1, max_length=128)
-    user: str | None = Field(default=None, max_length=128, description="Default: yourself.")
+    name: Name = "default"
+    user: NameRef | None = Field(default=None, description="Default: yourself.")
     environment: Literal["production", "sandbox"] | None = Field(
         default=None, description="Default: production (sandbox for a sandbox credential)."
     )
@@ -94,9 +121,10 @@ class KeyBody(_Body):
     )
     routes: list[Literal["inference", "management"]] | None = None
     ip_allowlist: list[str] | None = Field(default=None, max_length=100)
-    expires_at: datetime | None = None
+    # JSON has no time type: a time arrives as an ISO-8601 string (or a Unix timestamp).
+    expires_at: datetime | None = Field(default=None, strict=False)
     expires_in_s: int | None = Field(default=None, ge=1, le=10 * 365 * 86400)
-    limits: LimitSet | None = Field(default=None, description="Admins only.")
+    limits: Limits | None = Field(default=None, description="Admins only.")
 
 
 class RotateBody(_Body):
@@ -135,7 +163,7 @@ async def list_orgs(request: Request) -> JSONResponse:
     return _listing(await asyncio.to_thread(_directory(request).list_orgs))
 
 
-@router.post("/orgs", status_code=201)
+@router.post("/orgs", status_code=201, responses=error_responses(400, 409, 413, 415))
 async def create_org(request: Request, body: OrgBody) -> JSONResponse:
     before, after = await asyncio.to_thread(_directory(request).create_org, body.name)
     return await _changed(request, "org.create", body.name, before, after, status=201)
@@ -146,7 +174,7 @@ async def list_teams(request: Request) -> JSONResponse:
     return _listing(await asyncio.to_thread(_directory(request).list_teams))
 
 
-@router.post("/teams", status_code=201)
+@router.post("/teams", status_code=201, responses=_WRITES)
 async def create_team(request: Request, body: TeamBody) -> JSONResponse:
     before, after = await asyncio.to_thread(
         lambda: _directory(request).create_team(
@@ -159,12 +187,12 @@ async def create_team(request: Request, body: TeamBody) -> JSONResponse:
     return await _changed(request, "team.create", body.name, before, after, status=201)
 
 
-@router.get("/teams/{name}")
+@router.get("/teams/{name}", responses=_FINDS)
 async def get_team(request: Request, name: str = _NAME_PATH) -> JSONResponse:
     return _json(await asyncio.to_thread(_directory(request).get_team, name))
 
 
-@router.patch("/teams/{name}")
+@router.patch("/teams/{name}", responses=_WRITES)
 async def update_team(request: Request, body: TeamPatch, name: str = _NAME_PATH) -> JSONResponse:
     changes: dict[str, Any] = {}
     if "allowed_regions" in body.model_fields_set:
@@ -178,7 +206,7 @@ async def update_team(request: Request, body: TeamPatch, name: str = _NAME_PATH)
 # -- users and service accounts ---------------------------------------------------------------
 
 
-@router.get("/users")
+@router.get("/users", responses=_FINDS)
 async def list_users(
     request: Request,
     team: str | None = Query(None, max_length=128, pattern=_NO_NUL),
@@ -188,7 +216,7 @@ async def list_users(
     return _listing(users)
 
 
-@router.post("/users", status_code=201)
+@router.post("/users", status_code=201, responses=_WRITES)
 async def create_user(request: Request, body: UserBody) -> JSONResponse:
     before, after = await asyncio.to_thread(
         lambda: _directory(request).create_user(
@@ -204,12 +232,12 @@ async def create_user(request: Request, body: UserBody) -> JSONResponse:
     return await _changed(request, f"{body.kind}.create", body.name, before, after, status=201)
 
 
-@router.get("/users/{name}")
+@router.get("/users/{name}", responses=_FINDS)
 async def get_user(request: Request, name: str = _NAME_PATH) -> JSONResponse:
     return _json(await asyncio.to_thread(_directory(request).get_user, name))
 
 
-@router.patch("/users/{name}")
+@router.patch("/users/{name}", responses=_WRITES)
 async def update_user(request: Request, body: UserPatch, name: str = _NAME_PATH) -> JSONResponse:
     changes = {field: getattr(body, field) for field in body.model_fields_set}
     if "limits" in changes:
@@ -221,7 +249,7 @@ async def update_user(request: Request, body: UserPatch, name: str = _NAME_PATH)
 # -- keys -----------------------------------------------------------------------------------
 
 
-@router.get("/keys")
+@router.get("/keys", responses=_FINDS)
 async def list_keys(
     request: Request, user: str | None = Query(None, max_length=128, pattern=_NO_NUL)
 ) -> JSONResponse:
@@ -232,7 +260,7 @@ async def list_keys(
     return _listing(keys)
 
 
-@router.post("/keys", status_code=201)
+@router.post("/keys", status_code=201, responses=_WRITES)
 async def create_key(request: Request, body: KeyBody) -> JSONResponse:
     actor = current_actor(request)
     owner = body.user or _own_name(actor, None, "create")
@@ -267,14 +295,14 @@ async def create_key(request: Request, body: KeyBody) -> JSONResponse:
     return _json({**key, "secret": secret}, status=201)
 
 
-@router.get("/keys/{key_id}")
+@router.get("/keys/{key_id}", responses=_FINDS)
 async def get_key(request: Request, key_id: str = _KEY_ID) -> JSONResponse:
     key = await asyncio.to_thread(_directory(request).get_key, key_id)
     _may_see(current_actor(request), key)
     return _json(key)
 
 
-@router.post("/keys/{key_id}/revoke")
+@router.post("/keys/{key_id}/revoke", responses=_WRITES)
 async def revoke_key(request: Request, key_id: str = _KEY_ID) -> JSONResponse:
     actor = current_actor(request)
     before, after = await asyncio.to_thread(
@@ -283,7 +311,7 @@ async def revoke_key(request: Request, key_id: str = _KEY_ID) -> JSONResponse:
     return await _changed(request, "key.revoke", key_id, before, after)
 
 
-@router.post("/keys/{key_id}/rotate", status_code=201)
+@router.post("/keys/{key_id}/rotate", status_code=201, responses=_WRITES)
 async def rotate_key(
     request: Request, key_id: str = _KEY_ID, body: RotateBody | None = Body(None)
 ) -> JSONResponse:
@@ -302,7 +330,7 @@ async def rotate_key(
 # -- usage ----------------------------------------------------------------------------------
 
 
-@router.get("/usage")
+@router.get("/usage", responses=_FINDS)
 async def usage(
     request: Request,
     key: str | None = Query(None, max_length=40, pattern=_NO_NUL),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -13,11 +14,13 @@ from starlette.types import Receive, Scope, Send
 
 from keel.errors import KeelError, PermissionDeniedError
 from keel.gateway import BodySource, Call, Gateway, Reply
+from keel.gateway.call import CLIENT_CLOSED_REQUEST
 from keel.identity import Actor
 from keel.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from keel.server.access import authenticate_inference, current_actor, record_denial
 from keel.server.body import read_body
 from keel.server.errors import error_response
+from keel.server.openapi import Responses, error_responses, json_body
 from keel.server.services import Services, services
 from keel.server.timing import ARRIVAL_KEY
 
@@ -26,17 +29,22 @@ __all__ = ["models_router", "router"]
 router = APIRouter(prefix="/v1", tags=["inference"])
 models_router = APIRouter(prefix="/v1", tags=["inference"])
 
-Handler = Callable[[Gateway, BodySource, Call], Awaitable[Reply]]
+Handler = Callable[[Gateway, BodySource, Call], Coroutine[Any, Any, Reply]]
 
 
-def _body_doc(schema: Any) -> dict[str, Any]:
-    # Bodies are parsed by the gateway (one validation, OpenAI-style errors); this documents them.
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schema.model_json_schema()}},
-        }
-    }
+# Bodies are parsed by the gateway (one validation, OpenAI-style errors); `json_body` documents
+# them. Every status the gateway can answer with, its own and the client errors it relays from
+# providers (a 409 or 422, say) as they came:
+_INFERENCE_ERRORS = error_responses(400, 401, 403, 404, 413, 415, 429, 500, 502, 503, 504, "4XX")
+_STREAMED: Responses = {
+    200: {
+        "description": "The answer; with `stream: true`, server-sent events ending in "
+        "`data: [DONE]`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **_INFERENCE_ERRORS,
+}
+_MODELS_ERRORS = error_responses(401, 403, 500)
 
 
 async def _serve(request: Request, endpoint: str, path: str, handler: Handler) -> Response:
@@ -47,6 +55,7 @@ async def _serve(request: Request, endpoint: str, path: str, handler: Handler) -
         started=request.scope.get(ARRIVAL_KEY) or time.perf_counter(),
     )
     limit = keel.settings.server.max_request_body_bytes
+    watch = _DisconnectWatch(request)
     try:
         try:
             call.actor = await authenticate_inference(
@@ -56,9 +65,12 @@ async def _serve(request: Request, endpoint: str, path: str, handler: Handler) -
             record_denial(keel, current_actor(request), f"POST /v1/{path}", exc)
             raise
         call.caller = _cache_scope(call.actor)
-        reply = await handler(keel.gateway, lambda: read_body(request, limit), call)
+        reply = await watch.run(handler(keel.gateway, watch.reading(limit), call))
     except KeelError as exc:
         return error_response(exc, call.headers())
+    if reply is None:
+        # The client left before the answer: nobody reads this, the record says 499.
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     if reply.stream is not None:
         return _GatewayStream(
             reply,
@@ -70,19 +82,67 @@ async def _serve(request: Request, endpoint: str, path: str, handler: Handler) -
     )
 
 
+class _DisconnectWatch:
+    """Stops the work of a client that went away before its answer began.
+
+    The call runs in a task of its own. Once the body is read, the only message the server can
+    still deliver is the disconnect, so a second task waits for it and cancels the call, its
+    attempts and retries with it; the gateway records the call as 499. A stream's watch ends
+    with its first chunk, where the streaming response takes over listening.
+    """
+
+    __slots__ = ("_disconnected", "_request", "_watcher", "_work")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._watcher: asyncio.Task[None] | None = None
+        self._work: asyncio.Task[Reply] | None = None
+        self._disconnected = False
+
+    def reading(self, limit: int) -> BodySource:
+        async def body() -> bytes:
+            data = await read_body(self._request, limit)
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+            return data
+
+        return body
+
+    async def _watch(self) -> None:
+        while (await self._request.receive())["type"] != "http.disconnect":
+            pass
+        self._disconnected = True
+        if self._work is not None:
+            self._work.cancel()
+
+    async def run(self, work: Coroutine[Any, Any, Reply]) -> Reply | None:
+        self._work = asyncio.get_running_loop().create_task(work)
+        try:
+            return await self._work
+        except asyncio.CancelledError:
+            this = asyncio.current_task()
+            if self._disconnected and this is not None and not this.cancelling():
+                return None
+            raise
+        finally:
+            if self._watcher is not None:
+                self._watcher.cancel()
+
+
 # The inference routes take the bare request (no dependency injection): they are the hot path,
 # and resolving dependencies was a measurable share of it.
-@router.post("/chat/completions", openapi_extra=_body_doc(ChatCompletionRequest))
+@router.post(
+    "/chat/completions", openapi_extra=json_body(ChatCompletionRequest), responses=_STREAMED
+)
 async def chat_completions(request: Request) -> Response:
     return await _serve(request, "chat.completions", "chat/completions", Gateway.chat_completions)
 
 
-@router.post("/completions", openapi_extra=_body_doc(CompletionRequest))
+@router.post("/completions", openapi_extra=json_body(CompletionRequest), responses=_STREAMED)
 async def completions(request: Request) -> Response:
     return await _serve(request, "completions", "completions", Gateway.completions)
 
 
-@router.post("/embeddings", openapi_extra=_body_doc(EmbeddingRequest))
+@router.post("/embeddings", openapi_extra=json_body(EmbeddingRequest), responses=_INFERENCE_ERRORS)
 async def embeddings(request: Request) -> Response:
     return await _serve(request, "embeddings", "embeddings", Gateway.embeddings)
 
@@ -111,11 +171,11 @@ def _cache_scope(actor: Actor) -> str | None:
     return f"team:{actor.team}" if actor.team else f"user:{actor.name}"
 
 
-@models_router.get("/models")
+@models_router.get("/models", responses=_MODELS_ERRORS)
 async def list_models(keel: Services = Depends(services)) -> dict[str, Any]:
     return {"object": "list", "data": keel.router.list_models()}
 
 
-@models_router.get("/models/{model_id:path}")
+@models_router.get("/models/{model_id:path}", responses={**_MODELS_ERRORS, **error_responses(404)})
 async def get_model(model_id: str, keel: Services = Depends(services)) -> dict[str, Any]:
     return keel.router.describe(model_id)

@@ -13,6 +13,7 @@ from keel.errors import InvalidRequestError, NotFoundError
 from keel.governance.permissions import role_allows
 from keel.identity import Actor
 from keel.server.access import current_actor
+from keel.server.openapi import Responses, error_responses
 from keel.server.services import Services, services
 
 __all__ = ["router"]
@@ -22,6 +23,23 @@ router = APIRouter(tags=["operations"])
 # PostgreSQL refuses NUL in text: a filter holding one is refused here, never sent to it.
 _NO_NUL = r"^[^\x00]*$"
 _RECORD_ID_LENGTH = 64  # request_records.id
+# The probes are public; every other route here authenticates.
+_GUARDED = error_responses(401, 403, 500)
+_READINESS = {
+    "type": "object",
+    "required": ["status", "checks"],
+    "properties": {
+        "status": {"enum": ["ready", "not ready"]},
+        "checks": {"type": "object"},
+    },
+}
+_READY: Responses = {
+    200: {"content": {"application/json": {"schema": _READINESS}}},
+    503: {
+        "description": "Not ready: `checks` says what is not.",
+        "content": {"application/json": {"schema": _READINESS}},
+    },
+}
 
 
 @router.get("/healthz")
@@ -29,7 +47,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=_READY)
 async def readyz(keel: Services = Depends(services)) -> JSONResponse:
     checks: dict[str, Any] = {}
     try:
@@ -56,13 +74,13 @@ async def readyz(keel: Services = Depends(services)) -> JSONResponse:
     )
 
 
-@router.get("/v1/keel/deployments")
+@router.get("/v1/keel/deployments", responses=_GUARDED)
 async def list_deployments(keel: Services = Depends(services)) -> dict[str, Any]:
     """Every deployment with its group, circuit state, latency, load and capacity."""
     return {"object": "list", "data": keel.router.deployments()}
 
 
-@router.get("/v1/keel/requests")
+@router.get("/v1/keel/requests", responses=_GUARDED)
 async def list_requests(
     request: Request,
     keel: Services = Depends(services),
@@ -84,7 +102,7 @@ def _visible_to(actor: Actor) -> tuple[str | None, str | None]:
     return (actor.team, None) if actor.team else (None, actor.name)
 
 
-@router.get("/v1/keel/requests/{request_id}")
+@router.get("/v1/keel/requests/{request_id}", responses={**_GUARDED, **error_responses(400, 404)})
 async def get_request(
     request: Request, request_id: str, keel: Services = Depends(services)
 ) -> dict[str, Any]:

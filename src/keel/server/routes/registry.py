@@ -38,11 +38,13 @@ from keel.registry.service import Registry
 from keel.server.access import audited, current_actor
 from keel.server.body import StoredBody, read_body
 from keel.server.jsonable import to_jsonable
+from keel.server.openapi import Responses, error_responses, json_body
 
 __all__ = ["lineage_router", "router"]
 
-router = APIRouter(prefix="/v1/keel/registry", tags=["registry"])
-lineage_router = APIRouter(prefix="/v1/keel/lineage", tags=["registry"])
+_GUARDED = error_responses(401, 403, 500)
+router = APIRouter(prefix="/v1/keel/registry", tags=["registry"], responses=_GUARDED)
+lineage_router = APIRouter(prefix="/v1/keel/lineage", tags=["registry"], responses=_GUARDED)
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -59,14 +61,22 @@ _NAME = Path(..., min_length=1, max_length=MAX_NAME_LENGTH, pattern=_NO_NUL)
 _ALIAS = Path(..., min_length=1, max_length=64, pattern=_NO_NUL)
 _REF = Path(..., min_length=1, max_length=64, pattern=_NO_NUL)
 _PROMOTION_ID = Path(..., min_length=1, max_length=64, pattern=_NO_NUL)
-_CARD_BODY_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
+_CARD_BODY_DOC = json_body(
+    ModelCard, **{"application/yaml": {"type": "string", "title": "ModelCard (YAML)"}}
+)
+# What a route can answer besides 401, 403 and 500 (the routers'): 400 with any parameter or
+# body, 413 and 415 with any body, 404 where it names something, 409 where a write can collide.
+_WRITES = error_responses(400, 404, 409, 413, 415)
+_FINDS = error_responses(400, 404)
+_EXPORTS: Responses = {
+    200: {
+        "description": "The card in the format asked for.",
         "content": {
-            "application/json": {"schema": ModelCard.model_json_schema()},
-            "application/yaml": {"schema": {"type": "string", "title": "ModelCard (YAML)"}},
+            "application/yaml": {"schema": {"type": "object"}},
+            "application/json": {"schema": {"type": "object"}},
         },
-    }
+    },
+    **_FINDS,
 }
 
 
@@ -248,7 +258,7 @@ def _served_by_gateway(request: Request, name: str) -> bool:
 # -- models and versions ---------------------------------------------------------------------
 
 
-@router.post("/models", status_code=201, openapi_extra=_CARD_BODY_DOC)
+@router.post("/models", status_code=201, openapi_extra=_CARD_BODY_DOC, responses=_WRITES)
 async def create_model(request: Request) -> Response:
     """Register a new model from its card: version 1."""
     card = await _card_from(request)
@@ -273,7 +283,18 @@ async def list_models(request: Request, include_archived: bool = Query(False)) -
     return _listing(models)
 
 
-@router.post("/models/{name:path}/versions", status_code=201, openapi_extra=_CARD_BODY_DOC)
+@router.post(
+    "/models/{name:path}/versions",
+    status_code=201,
+    openapi_extra=_CARD_BODY_DOC,
+    responses={
+        200: {
+            "description": "The card is unchanged: its latest version, no new one.",
+            "content": {"application/json": {"schema": {}}},
+        },
+        **_WRITES,
+    },
+)
 async def add_version(request: Request, name: str = _NAME) -> Response:
     """A new version of `name` from a changed card."""
     card = await _card_from(request)
@@ -284,7 +305,7 @@ async def add_version(request: Request, name: str = _NAME) -> Response:
     return _json(record, 201 if getattr(record, "created", True) else 200)
 
 
-@router.get("/models/{name:path}/versions/{ref}")
+@router.get("/models/{name:path}/versions/{ref}", responses=_FINDS)
 async def get_version(request: Request, name: str = _NAME, ref: str = _REF) -> Response:
     """One version, by number (`3`) or by alias (`production`)."""
     registry = _registry(request)
@@ -294,7 +315,7 @@ async def get_version(request: Request, name: str = _NAME, ref: str = _REF) -> R
     return _json(await asyncio.to_thread(registry.resolve, f"{name}@{ref}"))
 
 
-@router.get("/models/{name:path}/diff")
+@router.get("/models/{name:path}/diff", responses=_FINDS)
 async def diff_versions(
     request: Request,
     name: str = _NAME,
@@ -314,7 +335,7 @@ async def diff_versions(
     return _json(await asyncio.to_thread(run))
 
 
-@router.get("/models/{name:path}/export")
+@router.get("/models/{name:path}/export", responses=_EXPORTS)
 async def export_card(
     request: Request,
     name: str = _NAME,
@@ -340,7 +361,7 @@ async def export_card(
     return response
 
 
-@router.post("/models/{name:path}/archive")
+@router.post("/models/{name:path}/archive", responses=_WRITES)
 async def archive(
     request: Request, name: str = _NAME, body: ArchiveBody | None = Body(None)
 ) -> Response:
@@ -354,7 +375,7 @@ async def archive(
 # -- aliases ---------------------------------------------------------------------------------
 
 
-@router.put("/models/{name:path}/aliases/{alias}")
+@router.put("/models/{name:path}/aliases/{alias}", responses=_WRITES)
 async def move_alias(
     request: Request, body: AliasMove, name: str = _NAME, alias: str = _ALIAS
 ) -> Response:
@@ -374,17 +395,17 @@ async def move_alias(
     return _json(result)
 
 
-@router.get("/models/{name:path}/aliases/history")
+@router.get("/models/{name:path}/aliases/history", responses=_FINDS)
 async def all_alias_history(request: Request, name: str = _NAME) -> Response:
     return _listing(await asyncio.to_thread(_registry(request).alias_history, name))
 
 
-@router.get("/models/{name:path}/aliases/{alias}/history")
+@router.get("/models/{name:path}/aliases/{alias}/history", responses=_FINDS)
 async def alias_history(request: Request, name: str = _NAME, alias: str = _ALIAS) -> Response:
     return _listing(await asyncio.to_thread(_registry(request).alias_history, name, alias))
 
 
-@router.get("/models/{name:path}/aliases/{alias}/at")
+@router.get("/models/{name:path}/aliases/{alias}/at", responses=_FINDS)
 async def alias_at(
     request: Request,
     name: str = _NAME,
@@ -405,7 +426,7 @@ async def alias_at(
 # -- promotions and gates ---------------------------------------------------------------------
 
 
-@router.post("/models/{name:path}/promotions", status_code=201)
+@router.post("/models/{name:path}/promotions", status_code=201, responses=_WRITES)
 async def request_promotion(request: Request, body: PromotionBody, name: str = _NAME) -> Response:
     actor = current_actor(request)
     promotion = await _write(
@@ -431,7 +452,7 @@ async def list_promotions(
     return _listing(found)
 
 
-@router.post("/promotions/{promotion_id}/approve")
+@router.post("/promotions/{promotion_id}/approve", responses=_WRITES)
 async def approve(
     request: Request, promotion_id: str = _PROMOTION_ID, body: ApproveBody | None = Body(None)
 ) -> Response:
@@ -449,7 +470,7 @@ async def approve(
     return _json(result)
 
 
-@router.post("/promotions/{promotion_id}/reject")
+@router.post("/promotions/{promotion_id}/reject", responses=_WRITES)
 async def reject(
     request: Request, promotion_id: str = _PROMOTION_ID, body: RejectBody | None = Body(None)
 ) -> Response:
@@ -461,7 +482,7 @@ async def reject(
     return _json(result)
 
 
-@router.put("/models/{name:path}/gates/{stage}")
+@router.put("/models/{name:path}/gates/{stage}", responses=_WRITES)
 async def set_gates(
     request: Request, gates: list[GateBody], name: str = _NAME, stage: Stage = Path(...)
 ) -> Response:
@@ -472,7 +493,9 @@ async def set_gates(
     return _json({"model": name, "stage": stage, "gates": result})
 
 
-@router.post("/models/{name:path}/versions/{version}/evaluations", status_code=201)
+@router.post(
+    "/models/{name:path}/versions/{version}/evaluations", status_code=201, responses=_WRITES
+)
 async def record_evaluation(
     request: Request,
     body: EvaluationBody,
@@ -495,7 +518,7 @@ async def record_evaluation(
 
 
 # Last of the GET routes: `{name:path}` would match the longer paths above if it came first.
-@router.get("/models/{name:path}")
+@router.get("/models/{name:path}", responses=_FINDS)
 async def get_model(request: Request, name: str = _NAME) -> Response:
     """A model's summary: its versions, their stages, and its aliases."""
     return _json(await asyncio.to_thread(_registry(request).get, name))
@@ -504,7 +527,7 @@ async def get_model(request: Request, name: str = _NAME) -> Response:
 # -- lineage -----------------------------------------------------------------------------------
 
 
-@lineage_router.post("/links", status_code=201)
+@lineage_router.post("/links", status_code=201, responses=_WRITES)
 async def link(request: Request, body: LinkBody) -> Response:
     """Record that `downstream` was derived from `upstream` (a model version, dataset, run...)."""
     actor = current_actor(request)
@@ -519,7 +542,7 @@ async def link(request: Request, body: LinkBody) -> Response:
     return _json(result, 201)
 
 
-@lineage_router.get("/{kind}/{entity_id:path}")
+@lineage_router.get("/{kind}/{entity_id:path}", responses=_FINDS)
 async def lineage(
     request: Request,
     kind: str = Path(..., min_length=1, max_length=64, pattern=_NO_NUL),
