@@ -63,7 +63,7 @@ prices:
         ),
         ("models:\n  - {provider: openai}\n", "models.0.id: Field required"),
         ("server: {port: 99999}\n", "server.port: Input should be less than or equal to 65535"),
-        ("server: {prot: 1}\n", "server.prot: Extra inputs are not permitted"),
+        ("server: {prot: 1}\n", "server.prot: unknown setting; did you mean 'port'?"),
         ("models:\n  - {id: x, provider: openai, api_key: ${MISSING_KEY}}\n", "MISSING_KEY"),
         ("models: [\n", "not valid YAML"),
         ("- just a list\n", "the top level must be a mapping"),

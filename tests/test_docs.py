@@ -174,7 +174,7 @@ def test_price_table_matches_the_shipped_prices() -> None:
 
 def _yaml_examples() -> list[tuple[str, int, str]]:
     found = []
-    for page in PAGES:
+    for page in [*PAGES, ROOT / "README.md"]:
         text = page.read_text(encoding="utf-8")
         for index, match in enumerate(re.finditer(r"```yaml\n(.*?)```", text, re.DOTALL)):
             found.append((page.name, index, match.group(1)))

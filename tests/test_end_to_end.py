@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from keel import __version__
 from keel.sdk import Keel, KeelAPIError
 
 CHAT = "smollm2-135m-instruct"
@@ -140,7 +141,7 @@ def test_errors_are_openai_errors(client: openai.OpenAI) -> None:
 def test_keel_sdk_and_cli(server: tuple[str, Path, subprocess.Popen[str]]) -> None:
     url, _, _ = server
     with Keel(url) as keel:
-        assert keel.health() == {"status": "ok"}
+        assert keel.health() == {"status": "ok", "version": __version__}
         answer = keel.chat(CHAT, "Say yes.", max_tokens=5)
         assert answer["choices"][0]["message"]["content"]
         assert any(chunk["choices"] for chunk in keel.chat_stream(CHAT, "Hi", max_tokens=3))

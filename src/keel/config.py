@@ -8,10 +8,12 @@ environment.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -37,6 +39,7 @@ __all__ = [
     "PriceConfig",
     "ServerConfig",
     "Settings",
+    "did_you_mean",
     "load_settings",
 ]
 
@@ -67,6 +70,11 @@ class ServerConfig(_Section):
     )
     refusal_audit_window_s: float = Field(default=60.0, gt=0)
     refusal_audit_max_sources: int = Field(default=1000, ge=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -245,6 +253,15 @@ class SemanticCacheConfig(_Section):
     threshold: float = Field(default=0.95, gt=0, le=1, description="Cosine similarity.")
     embedding_model: str = Field(default="all-minilm-l6-v2", description="An embedding model id.")
     max_entries_per_scope: int = Field(default=10_000, ge=1)
+    guard: Literal["off", "lexical", "verify"] = Field(
+        default="lexical", description="Precision guard on a similar enough entry."
+    )
+    verify_model: str | None = Field(
+        default=None, description="Chat model that judges the verify band (guard verify)."
+    )
+    verify_band: float = Field(
+        default=0.03, ge=0, le=1, description="Similarity above the threshold that is judged."
+    )
 
 
 class CacheConfig(_Section):
@@ -266,6 +283,9 @@ class GroupCacheConfig(_Section):
     ttl_s: int | None = Field(default=None, ge=1)
     semantic: bool | None = Field(default=None, description="None follows cache.semantic.enabled.")
     semantic_threshold: float | None = Field(default=None, gt=0, le=1)
+    semantic_guard: Literal["off", "lexical", "verify"] | None = Field(
+        default=None, description="None follows cache.semantic.guard."
+    )
 
 
 class ModelGroupConfig(_Section):
@@ -356,12 +376,23 @@ class Settings(_Section):
             if deployment.id in deployments:
                 raise ValueError(f"deployment id {deployment.id!r} is declared twice")
             deployments.add(deployment.id)
-        kinds = {model.id: model.kind for model in self.models}
+        kinds: dict[str, str] = {}
+        # The bundled models are served under their ids unless a declared model takes the id.
+        from keel.providers._bundled import BUNDLED_CHAT_MODEL_ID, BUNDLED_EMBEDDING_MODEL_ID
+
+        if self.local_models.chat:
+            kinds[BUNDLED_CHAT_MODEL_ID] = "chat"
+        if self.local_models.embeddings:
+            kinds[BUNDLED_EMBEDDING_MODEL_ID] = "embedding"
+        kinds.update({model.id: model.kind for model in self.models})
         kinds.update({group.id: group.deployments[0].kind for group in self.groups})
         for group in self.groups:
             for target in group.all_fallbacks():
-                if target not in public:
-                    raise ValueError(f"group {group.id!r}: fallback {target!r} is not a model id")
+                if target not in kinds:
+                    raise ValueError(
+                        f"group {group.id!r}: fallback {target!r} is not a model id"
+                        f"{did_you_mean(target, kinds)}"
+                    )
                 if kinds[target] != kinds[group.id]:
                     raise ValueError(
                         f"group {group.id!r}: fallback {target!r} serves {kinds[target]}, "
@@ -423,7 +454,8 @@ class _Environment(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     host: str | None = None
-    port: int | None = None
+    # Text here: a value that is not a port is reported by Settings, naming the variable.
+    port: str | None = None
     log_level: str | None = None
     admin_key: str | None = None
 
@@ -435,31 +467,48 @@ def load_settings(
     env = _Environment()
     path = config_file or env.config
     raw: dict[str, Any] = _read_yaml(path) if path else {}
-    for key, value in (
-        ("home", env.home),
-        ("database_url", env.database_url),
-        ("redis_url", env.redis_url),
+    # Where each overridden value came from, so that a bad one is blamed on its variable or
+    # flag rather than on the file.
+    overrides: dict[tuple[str, ...], str] = {}
+    for key, value, variable in (
+        ("home", env.home, "KEEL_HOME"),
+        ("database_url", env.database_url, "KEEL_DATABASE_URL"),
+        ("redis_url", env.redis_url, "KEEL_REDIS_URL"),
     ):
         if value is not None:
             raw[key] = str(value)
+            overrides[(key,)] = variable
     if env.admin_key:
         auth = raw.get("auth") or {}
         if not isinstance(auth, dict):
             raise ConfigError(f"{path}: auth: must be a mapping")
         raw["auth"] = {**auth, "admin_key": env.admin_key}
-    given = {"host": host or env.host, "port": port or env.port, "log_level": env.log_level}
-    server_overrides = {key: value for key, value in given.items() if value is not None}
+        overrides[("auth", "admin_key")] = "KEEL_ADMIN_KEY"
+    given = {
+        "host": (host, "--host") if host else (env.host, "KEEL_HOST"),
+        "port": (port, "--port") if port else (env.port, "KEEL_PORT"),
+        "log_level": (env.log_level, "KEEL_LOG_LEVEL"),
+    }
+    server_overrides = {key: value for key, (value, _) in given.items() if value is not None}
     if server_overrides:
         server = raw.get("server") or {}
         if not isinstance(server, dict):
             raise ConfigError(f"{path}: server: must be a mapping")
         raw["server"] = {**server, **server_overrides}
+        for key in server_overrides:
+            overrides[("server", key)] = given[key][1]
     if path:
         raw["config_file"] = str(path)
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path, raw)) from None
+        raise ConfigError(_describe(exc, path, raw, overrides)) from None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`; did you mean 'x'?` for the closest of `choices`, or nothing when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -506,13 +555,52 @@ def _dotted(location: tuple[str | int, ...]) -> str:
     return ".".join(str(part) for part in location) or "(top level)"
 
 
-def _describe(exc: ValidationError, path: Path | None, raw: dict[str, Any]) -> str:
+def _describe(
+    exc: ValidationError,
+    path: Path | None,
+    raw: dict[str, Any],
+    overrides: dict[tuple[str, ...], str],
+) -> str:
     # Messages are built from location and reason only: input values may be secrets.
-    source = str(path) if path else "settings"
-    lines = [
-        f"{source}: {_named_location(tuple(err['loc']), raw)}: {err['msg']}" for err in exc.errors()
-    ]
+    lines = []
+    for err in exc.errors():
+        location = tuple(err["loc"])
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(location[:-1])
+            message = "unknown setting" + did_you_mean(str(location[-1]), known)
+        variable = next(
+            (name for key, name in overrides.items() if location[: len(key)] == key), None
+        )
+        if variable is not None:
+            lines.append(f"{variable}: {message}")
+        else:
+            source = str(path) if path else "settings"
+            lines.append(f"{source}: {_named_location(location, raw)}: {message}")
     return "invalid configuration\n" + "\n".join(lines)
+
+
+def _fields_at(location: tuple[str | int, ...]) -> list[str]:
+    """The setting names the section at `location` takes (list indexes and mapping keys are
+    stepped over), or none where the location leads to no section."""
+    section: type[BaseModel] | None = Settings
+    for part in location:
+        if section is None:
+            return []
+        field = section.model_fields.get(part) if isinstance(part, str) else None
+        if field is not None:
+            section = _section_in(field.annotation)
+    return list(section.model_fields) if section is not None else []
+
+
+def _section_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _section_in(argument)
+        if found is not None:
+            return found
+    return None
 
 
 def _named_location(location: tuple[str | int, ...], raw: Any) -> str:

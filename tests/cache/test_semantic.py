@@ -29,9 +29,14 @@ async def test_a_similar_question_hits_above_the_threshold(
         "Paris."
     )
     assert await cache.lookup("g", chat("What is the capital of Germany?")) is None
-    found = await cache.lookup("g", chat("What is the capital of Germany?"), threshold=0.85)
+    germany = chat("What is the capital of Germany?")
+    found = await cache.lookup("g", germany, threshold=0.85, guard="off")
     assert found == completion("Paris.")
     assert (cache.stats.hits, cache.stats.misses, cache.stats.stores) == (2, 2, 1)
+    # Similar enough, but about another country: the precision guard refuses it.
+    refused = await cache.match("g", germany, threshold=0.85)
+    assert (refused.response, refused.refusal) == (None, "entities")
+    assert cache.stats.refused == {"entities": 1}
 
 
 async def test_the_lookup_embedding_is_reused_by_the_store(
@@ -113,7 +118,9 @@ async def test_search_at_ten_thousand_entries_is_fast(clock: FakeClock) -> None:
     timings = []
     for row in range(200):
         started = time.perf_counter()
-        assert index.search(vectors[row], prompt_context, clock(), 0.95) == b"{}"
+        assert [
+            found for _, found in index.search(vectors[row], prompt_context, clock(), 0.95)
+        ] == [row]
         timings.append(time.perf_counter() - started)
     # The target, 10 ms, includes the embedding; the search alone takes about 1 ms on two
     # cores (bench/cache_lookup.py). The bound is loose so a busy machine does not fail it.

@@ -135,6 +135,24 @@ async def test_environments_bound_both_ways(
     assert refused.status_code == 403 and refused.json()["error"]["param"] == "environment"
 
 
+async def test_an_admin_key_creates_keys_for_either_environment(
+    app_client: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    # The admin key created at first start is a production key of an admin, like this one.
+    app, client = app_client
+    _, production = app.state.keel.directory.create_key("boss", name="p", created_by=ADMIN)
+    await app.state.keel.access.refresh()
+    assert production.startswith("keel_sk_")
+    sandbox = await client.post(
+        "/v1/keel/keys", json={"user": "dev", "environment": "sandbox"}, headers=bearer(production)
+    )
+    assert sandbox.status_code == 201, sandbox.text
+    assert sandbox.json()["secret"].startswith("keel_sb_")
+    # Left open, the environment is the creating key's.
+    default = await client.post("/v1/keel/keys", json={}, headers=bearer(production))
+    assert default.status_code == 201 and default.json()["environment"] == "production"
+
+
 async def test_a_key_revoked_while_its_request_arrives_acts_no_more(
     app_client: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:

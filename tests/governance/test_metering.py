@@ -4,6 +4,7 @@ behind a local model."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -14,7 +15,7 @@ from fastapi import FastAPI
 from keel.gateway import Call
 from keel.identity import Actor
 from tests.conftest import flushed_records, remote_settings, running_app
-from tests.fakes.openai import ErrorReply, FakeOpenAI
+from tests.fakes.openai import ErrorReply, FakeOpenAI, Reply
 
 ADMIN_KEY = "metering-test-admin-key-0123456789abcdef"
 ADMIN = Actor("admin-key", frozenset({"admin"}), kind="bootstrap")
@@ -168,3 +169,33 @@ def test_the_fallback_chain_is_followed_transitively(tmp_path: Path) -> None:
     )
     router = build_router(settings, None, None)  # type: ignore[arg-type]
     assert [g.id for g in router.chain(router.group("a"))] == ["a", "b", "c", "d"]
+
+
+async def test_a_token_limit_holds_for_concurrent_answers_without_max_tokens(
+    tmp_path: Path, fake_openai_url: str, fake_openai: FakeOpenAI
+) -> None:
+    """Each call reserves its prompt plus `quotas.default_output_tokens` for the answer, so
+    calls in flight together cannot overshoot a tpm limit by answers nobody reserved."""
+    # Every answer uses 400 tokens and takes a moment, so the calls overlap.
+    upstream = "up-tpm"
+    fake_openai.delays[upstream] = 0.3
+    usage = {"prompt_tokens": 5, "completion_tokens": 400, "total_tokens": 405}
+    fake_openai.then(*(Reply(content="x", usage=usage) for _ in range(6)))
+    settings = remote_settings(
+        tmp_path,
+        [_deployment("tpm-model", fake_openai_url, model=upstream)],
+        quotas={"models": {"tpm-model": {"tpm": 1200}}, "default_output_tokens": 500},
+    )
+    async with running_app(settings) as (app, client):
+        responses = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=_chat("tpm-model")) for _ in range(6))
+        )
+        statuses = sorted(response.status_code for response in responses)
+        records = await flushed_records(app)
+    # 1200 holds two reservations of about 505 tokens; the others are refused up front.
+    assert statuses == [200, 200, 429, 429, 429, 429]
+    paid = sum(
+        r["prompt_tokens"] + r["completion_tokens"] for r in records if r["status_code"] == 200
+    )
+    assert paid <= 1200
+    assert fake_openai.count(upstream) == 2

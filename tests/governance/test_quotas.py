@@ -4,7 +4,6 @@ store failing. Redis tests use the real server, each under a key prefix of its o
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -391,11 +390,9 @@ async def test_exactly_the_limit_is_admitted_across_two_replicas(
 # -- the store failing ---------------------------------------------------------------------------
 
 
-async def timed(action: Callable[[], Awaitable[object]], times: int) -> float:
-    started = time.perf_counter()
+async def repeat(action: Callable[[], Awaitable[object]], times: int) -> None:
     for _ in range(times):
         await action()
-    return time.perf_counter() - started
 
 
 async def test_failing_open_admits_unenforced(caplog: pytest.LogCaptureFixture) -> None:
@@ -406,7 +403,8 @@ async def test_failing_open_admits_unenforced(caplog: pytest.LogCaptureFixture) 
         reservations.append(await quotas.reserve([rpm(1)], tokens=10, usd=0.1))
 
     try:
-        assert await timed(reserve, 200) < 1.0
+        await repeat(reserve, 200)
+        assert len(reservations) == 200
         assert all(not reservation.enforced for reservation in reservations)
         await quotas.settle(reservations[0], tokens=20, usd=0.2)  # never raises
         await quotas.release(reservations[1])
@@ -426,7 +424,7 @@ async def test_failing_closed_refuses_with_503() -> None:
         assert refused.value.code == "quota_unavailable"
 
     try:
-        assert await timed(reserve, 200) < 1.0
+        await repeat(reserve, 200)
         with pytest.raises(QuotaUnavailableError):
             await quotas.usage([rpm(1)])
     finally:
@@ -465,16 +463,15 @@ async def test_a_hung_redis_costs_one_timeout_per_circuit_period() -> None:
             assert not (await quotas.reserve([rpm(5)], tokens=0, usd=0)).enforced
 
         try:
-            first = await timed(reserve, 1)
-            assert 0.15 < first < 1.0  # waited for the read timeout
-            assert await timed(reserve, 100) < 0.1  # the circuit is open: Redis is not tried
-            connections = hole.connections
+            await reserve()  # waits out the read timeout on the one connection it opens
+            assert hole.connections == 1
+            # The circuit is open: Redis is not tried again, however many calls come.
+            await repeat(reserve, 100)
+            assert hole.connections == 1
             await asyncio.sleep(0.5)
             # One probe after the circuit period, while concurrent calls still skip Redis.
-            started = time.perf_counter()
             await asyncio.gather(*(reserve() for _ in range(20)))
-            assert time.perf_counter() - started < 1.0
-            assert hole.connections == connections + 1
+            assert hole.connections == 2
         finally:
             await quotas.aclose()
 

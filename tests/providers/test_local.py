@@ -339,6 +339,20 @@ async def test_legacy_completion(llama: LlamaCppProvider) -> None:
     assert response["usage"]["completion_tokens"] > 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_legacy_completion_of_zero_tokens_is_refused_not_run_to_the_context_end(
+    llama: LlamaCppProvider, stream: bool
+) -> None:
+    request = CompletionRequest(model=CHAT_ID, prompt="The sky is", max_tokens=0)
+    with pytest.raises(UnsupportedParameterError) as raised:
+        if stream:
+            async for _ in llama.complete_stream(request):
+                pass
+        else:
+            await llama.complete(request)
+    assert raised.value.param == "max_tokens"
+
+
 async def test_legacy_completion_choices_and_logprobs(llama: LlamaCppProvider) -> None:
     request = CompletionRequest(
         model=CHAT_ID, prompt=["The sky is", "Water is"], max_tokens=3, n=2, logprobs=2

@@ -294,3 +294,25 @@ def test_keel_errors_keep_their_class_status() -> None:
     relayed = InvalidRequestError("x", status_code=422, error_type="invalid_request_error")
     assert relayed.status_code == 422 and InvalidRequestError.status_code == 400
     assert KeelError("y").status_code == 500
+
+
+async def test_fallbacks_are_followed_transitively_each_group_once(
+    keel_home: Path, fake_openai: FakeOpenAI, fake_openai_url: str
+) -> None:
+    # chat → [second, third]; second → [third, last]: the request may end up on any of them,
+    # as the PII screening already assumes, and no group is tried twice.
+    for failing in ("a", "b", "c"):
+        fake_openai.faults[upstream(failing)] = ErrorReply(500, "down", type="server_error")
+    single = {**FAST_RETRY, "max_attempts": 1}
+    groups = [
+        priority_group("chat", fake_openai_url, "a", fallbacks=["second", "third"], retry=single),
+        priority_group("second", fake_openai_url, "b", fallbacks=["third", "last"], retry=single),
+        priority_group("third", fake_openai_url, "c", retry=single),
+        priority_group("last", fake_openai_url, "d", retry=single),
+    ]
+    async with keel_with(keel_home, groups) as (_app, client):
+        response = await client.post("/v1/chat/completions", json=chat())
+    assert response.status_code == 200, response.text
+    assert response.headers["x-keel-deployment"] == "d"
+    assert response.headers["x-keel-attempts"] == "4"
+    assert [fake_openai.count(upstream(d)) for d in "abcd"] == [1, 1, 1, 1]

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from keel.config import Settings
 from tests.conftest import flushed_records, running_app
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import FakeOpenAI, Reply
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -206,3 +206,221 @@ async def test_semantic_cache_answers_a_paraphrase(
     assert paraphrase.headers["x-keel-cache"] == "hit"
     assert unrelated.headers["x-keel-cache"] == "miss"
     assert len(fake_openai.requests) == 2
+
+
+def semantic_settings(
+    home: Path, api_base: str, group_cache: dict[str, Any], **semantic: Any
+) -> Settings:
+    """One chat group on the fake upstream with the semantic cache on, and a `judge` group (its
+    own upstream model name, so its answers can be scripted apart)."""
+    return Settings.model_validate(
+        {
+            "home": str(home),
+            "local_models": {"chat": False, "embeddings": True},
+            "cache": {"semantic": semantic},
+            "groups": [
+                {
+                    "id": "gpt",
+                    "deployments": [
+                        {"provider": "openai", "model": "gpt-4o-mini", "api_base": api_base}
+                    ],
+                    "cache": {"semantic": True, **group_cache},
+                },
+                {
+                    "id": "judge",
+                    "deployments": [
+                        {"provider": "openai", "model": "judge-model", "api_base": api_base}
+                    ],
+                },
+            ],
+        }
+    )
+
+
+async def ask_twice(
+    settings: Settings, cached: str, new: str
+) -> tuple[httpx.Response, httpx.Response]:
+    async with running_app(settings) as (app, client):
+        first = await client.post("/v1/chat/completions", json=ask(cached, temperature=0))
+        await app.state.keel.gateway.caching.flush()
+        second = await client.post("/v1/chat/completions", json=ask(new, temperature=0))
+    return first, second
+
+
+# One minimal contrast per class the embedding blurs. The group's threshold is lowered to 0.5
+# so that every one of them is a candidate for the similarity search: what keeps the cached
+# answer from being served is the precision guard alone.
+CONTRASTS = [
+    (
+        "numbers",
+        "Summarize the refund policy for orders under $100",
+        "Summarize the refund policy for orders under $50",
+    ),
+    (
+        "negation",
+        "Which plans include phone support?",
+        "Which plans don't include phone support?",
+    ),
+    (
+        "antonyms",
+        "List the orders placed before January 5, 2024",
+        "List the orders placed after January 5, 2024",
+    ),
+    ("entities", "What is the capital of France?", "What is the capital of Germany?"),
+    ("dates", "What were total sales in March 2024?", "What were total sales in April 2024?"),
+    (
+        "code",
+        "What does the `useEffect` hook do in React?",
+        "What does the `useMemo` hook do in React?",
+    ),
+    ("quoted", "Count the vowels in 'banana'", "Count the vowels in 'pineapple'"),
+    (
+        "units",
+        "How long does it take to walk 5 km?",
+        "How long does it take to walk 5 miles?",
+    ),
+    (
+        "language",
+        "Translate 'good morning' into French",
+        "Translate 'good morning' into Spanish",
+    ),
+]
+
+
+@pytest.mark.parametrize(("reason", "cached", "new"), CONTRASTS, ids=[c[0] for c in CONTRASTS])
+async def test_the_precision_guard_refuses_a_minimal_contrast(
+    keel_home: Path,
+    fake_openai: FakeOpenAI,
+    fake_openai_url: str,
+    reason: str,
+    cached: str,
+    new: str,
+) -> None:
+    settings = semantic_settings(keel_home, fake_openai_url, {"semantic_threshold": 0.5})
+    first, second = await ask_twice(settings, cached, new)
+    assert first.headers["x-keel-cache"] == "miss"
+    assert "x-keel-cache-guard" not in first.headers
+    assert second.headers["x-keel-cache"] == "miss"
+    assert second.headers["x-keel-cache-guard"] == reason
+    assert second.json()["choices"][0]["message"]["content"] == f"Echo: {new}"
+    assert fake_openai.count("gpt-4o-mini") == 2
+
+
+async def test_over_and_under_are_different_questions_at_the_default_threshold(
+    keel_home: Path, fake_openai: FakeOpenAI, fake_openai_url: str
+) -> None:
+    # The reported case: the two prompts embed at a cosine above 0.99.
+    settings = semantic_settings(keel_home, fake_openai_url, {})
+    over = "Summarize the refund policy for orders over $100"
+    under = "Summarize the refund policy for orders under $100"
+    _, second = await ask_twice(settings, over, under)
+    assert second.headers["x-keel-cache"] == "miss"
+    assert second.headers["x-keel-cache-guard"] == "antonyms"
+    assert second.json()["choices"][0]["message"]["content"] == f"Echo: {under}"
+
+
+PARAPHRASES = [
+    ("How do I reset my password?", "How can I reset my password?"),
+    (
+        "Summarize the refund policy for orders under $100",
+        "Summarize the refund policy for orders below $100",
+    ),
+    ("Give me 3 tips for better sleep", "Give me three tips for better sleep"),
+    ("I can't log in to my account", "I cannot log in to my account"),
+]
+
+
+@pytest.mark.parametrize(("cached", "new"), PARAPHRASES)
+async def test_paraphrases_still_hit_with_the_guard_on(
+    keel_home: Path, fake_openai: FakeOpenAI, fake_openai_url: str, cached: str, new: str
+) -> None:
+    settings = semantic_settings(keel_home, fake_openai_url, {})
+    _, second = await ask_twice(settings, cached, new)
+    assert second.headers["x-keel-cache"] == "hit"
+    assert "x-keel-cache-guard" not in second.headers
+    assert second.json()["choices"][0]["message"]["content"] == f"Echo: {cached}"
+    assert fake_openai.count("gpt-4o-mini") == 1
+
+
+async def test_a_group_with_the_guard_off_serves_what_the_embedding_matches(
+    keel_home: Path, fake_openai: FakeOpenAI, fake_openai_url: str
+) -> None:
+    settings = semantic_settings(keel_home, fake_openai_url, {"semantic_guard": "off"})
+    over = "Summarize the refund policy for orders over $100"
+    _, second = await ask_twice(settings, over, "Summarize the refund policy for orders under $100")
+    assert second.headers["x-keel-cache"] == "hit"
+    assert second.json()["choices"][0]["message"]["content"] == f"Echo: {over}"
+
+
+@pytest.mark.parametrize(("verdict", "served"), [("no", False), ("Yes.", True)])
+async def test_the_verify_level_asks_the_judge_model_in_the_band(
+    keel_home: Path, fake_openai: FakeOpenAI, fake_openai_url: str, verdict: str, served: bool
+) -> None:
+    fake_openai.faults["judge-model"] = Reply(content=verdict)
+    # The two prompts embed at about 0.99: inside the band [0.97, 0.97 + 0.03).
+    settings = semantic_settings(
+        keel_home,
+        fake_openai_url,
+        {"semantic_threshold": 0.97, "semantic_guard": "verify"},
+        verify_model="judge",
+    )
+    cached, new = "How do I reset my password?", "How can I reset my password?"
+    _, second = await ask_twice(settings, cached, new)
+    [judged] = [r.body for r in fake_openai.requests if r.body.get("model") == "judge-model"]
+    asked = json.dumps(judged["messages"])
+    assert cached in asked and new in asked
+    if served:
+        assert second.headers["x-keel-cache"] == "hit"
+        assert fake_openai.count("gpt-4o-mini") == 1
+    else:
+        assert second.headers["x-keel-cache"] == "miss"
+        assert second.headers["x-keel-cache-guard"] == "verifier"
+        assert fake_openai.count("gpt-4o-mini") == 2
+
+
+async def test_a_lexical_refusal_never_reaches_the_judge(
+    keel_home: Path, fake_openai: FakeOpenAI, fake_openai_url: str
+) -> None:
+    fake_openai.faults["judge-model"] = Reply(content="yes")
+    # About 0.995 similar: inside the band at 0.97, but the guard refuses it first.
+    settings = semantic_settings(
+        keel_home,
+        fake_openai_url,
+        {"semantic_threshold": 0.97, "semantic_guard": "verify"},
+        verify_model="judge",
+    )
+    _, second = await ask_twice(
+        settings,
+        "Summarize the refund policy for orders over $100",
+        "Summarize the refund policy for orders under $100",
+    )
+    assert second.headers["x-keel-cache-guard"] == "antonyms"
+    assert fake_openai.count("judge-model") == 0
+
+
+async def test_above_the_band_the_judge_is_not_asked(
+    keel_home: Path, fake_openai: FakeOpenAI, fake_openai_url: str
+) -> None:
+    fake_openai.faults["judge-model"] = Reply(content="no")
+    # About 0.99 similar, threshold 0.95, band 0.03: clear of the band.
+    settings = semantic_settings(
+        keel_home,
+        fake_openai_url,
+        {"semantic_guard": "verify"},
+        verify_model="judge",
+        verify_band=0.03,
+    )
+    _, second = await ask_twice(
+        settings, "How do I reset my password?", "How can I reset my password?"
+    )
+    assert second.headers["x-keel-cache"] == "hit"
+    assert fake_openai.count("judge-model") == 0
+
+
+async def test_the_verify_level_needs_a_judge_model(keel_home: Path, fake_openai_url: str) -> None:
+    from keel.errors import ConfigError
+
+    settings = semantic_settings(keel_home, fake_openai_url, {"semantic_guard": "verify"})
+    with pytest.raises(ConfigError, match="verify_model"):
+        async with running_app(settings):
+            pass

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from keel import __version__
 from tests.conftest import flushed_records, remote_settings, running_app
 from tests.fakes.openai import CutStream, ErrorReply, FakeOpenAI, Hang, Reply
 
@@ -275,7 +276,7 @@ async def test_unknown_routes_and_methods_use_the_error_body(
 
 async def test_health_readiness_and_records_api(keel: tuple[FastAPI, httpx.AsyncClient]) -> None:
     app, client = keel
-    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/healthz")).json() == {"status": "ok", "version": __version__}
     await app.state.keel.warmup  # the PII analyzer loads in the background
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"

@@ -13,7 +13,9 @@ cache's own. Stores reach the second tier in the background; `flush()` waits for
 
 Semantic cache (`SemanticCache`, off unless built with an embedding function): answers a
 request whose last user message is close enough in meaning (cosine >= 0.95 by default) to one
-already answered, in the same model group and caller scope, with everything else identical.
+already answered, in the same model group and caller scope, with everything else identical,
+and that the precision guard (`keel.cache.precision`) finds in agreement with it: no differing
+number, negation, direction, name, date, identifier, quoted string, unit or target language.
 """
 
 from keel.cache.control import (
@@ -26,25 +28,38 @@ from keel.cache.control import (
 from keel.cache.exact import CacheStats, ResponseCache, storable
 from keel.cache.factory import Caches, build_cache
 from keel.cache.keys import CONTROL_FIELD, cache_key, take_cache_field
-from keel.cache.semantic import EmbedFn, SemanticCache, SemanticStats, provider_embedder
+from keel.cache.precision import GUARD_LEVELS, GuardLevel, Verifier, contrast, judge_verifier
+from keel.cache.semantic import (
+    EmbedFn,
+    SemanticCache,
+    SemanticMatch,
+    SemanticStats,
+    provider_embedder,
+)
 from keel.cache.streams import assemble, replay
 
 __all__ = [
     "CONTROL_FIELD",
     "CONTROL_HEADER",
+    "GUARD_LEVELS",
     "MAX_TTL_S",
     "CacheControl",
     "CacheStats",
     "Caches",
     "EmbedFn",
+    "GuardLevel",
     "ResponseCache",
     "SemanticCache",
+    "SemanticMatch",
     "SemanticStats",
+    "Verifier",
     "assemble",
     "build_cache",
     "cache_control",
     "cache_key",
+    "contrast",
     "is_cacheable",
+    "judge_verifier",
     "provider_embedder",
     "replay",
     "storable",

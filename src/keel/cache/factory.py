@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.cache.exact import ResponseCache
+from keel.cache.precision import GuardLevel, Verifier
 from keel.cache.semantic import EmbedFn, SemanticCache
 from keel.cache.tier import Clock, SecondTier
 
@@ -44,6 +45,9 @@ def build_cache(
     semantic_threshold: float = 0.95,
     semantic_max_entries: int = 10_000,
     semantic_sync_interval_s: float = 1.0,
+    semantic_guard: GuardLevel = "lexical",
+    verifier: Verifier | None = None,
+    verify_band: float = 0.03,
     clock: Clock = time.time,
 ) -> Caches:
     """The exact cache, and the semantic cache when `embed` is given (it is off otherwise).
@@ -74,5 +78,8 @@ def build_cache(
             max_entries_per_scope=semantic_max_entries,
             sync_interval_s=semantic_sync_interval_s,
             clock=clock,
+            guard=semantic_guard,
+            verifier=verifier,
+            verify_band=verify_band,
         )
     return Caches(exact=exact, semantic=semantic, second_tier=tier)

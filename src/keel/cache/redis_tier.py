@@ -72,6 +72,7 @@ class RedisTier:
             "x": repr(record.expires_at),
             "v": record.vector,
             "r": record.response,
+            "p": record.prompt.encode(),
         }
         seconds = max(1, int(ttl_s) + 1)
         async with self.client.pipeline(transaction=False) as pipe:
@@ -105,6 +106,7 @@ class RedisTier:
                             vector=fields[b"v"],
                             response=fields[b"r"],
                             expires_at=expires_at,
+                            prompt=fields.get(b"p", b"").decode(errors="replace"),
                         )
                     )
             if len(batch) < _READ_BATCH:

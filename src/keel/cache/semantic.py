@@ -3,7 +3,13 @@
 What is compared: the embedding of the request's last message, when that is plain user text
 (see `keel.cache.keys`), against the entries of the same scope, one scope per model group and
 caller. Everything else in the request must match exactly (its hash is stored with each entry).
-A hit needs cosine similarity >= the threshold (0.95 by default; per lookup if given).
+A hit needs cosine similarity >= the threshold (0.95 by default; per lookup if given), and then
+the precision guard's agreement (`keel.cache.precision`): at level `lexical` (the default) the two
+prompt texts must not differ in a number, a negation, a direction, a name, a date, a code
+identifier, a quoted string, a unit or a target language; at level `verify` a judge model must
+also say yes to a candidate whose similarity is within `verify_band` above the threshold. A
+refused candidate gives way to the next most similar one (up to `_CANDIDATES`); the reason of the
+first refusal is returned with the miss and counted in `SemanticStats.refused`.
 
 Each scope is a float32 matrix of normalized vectors held in process, searched with one
 matrix-vector product (about a millisecond at 10,000 entries of 384 dimensions). Entries are
@@ -22,7 +28,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,17 +37,20 @@ from numpy.typing import NDArray
 
 from keel.cache.exact import storable
 from keel.cache.keys import semantic_prompt
+from keel.cache.precision import GUARD_LEVELS, GuardLevel, Verifier, contrast
 from keel.cache.tier import Clock, SecondTier, StoredVector, WriteBehind, warn_tier_failure
 from keel.schemas import ChatCompletionRequest, EmbeddingRequest
 
 if TYPE_CHECKING:
     from keel.providers import Provider
 
-__all__ = ["EmbedFn", "SemanticCache", "SemanticStats", "provider_embedder"]
+__all__ = ["EmbedFn", "SemanticCache", "SemanticMatch", "SemanticStats", "provider_embedder"]
 
 EmbedFn = Callable[[list[str]], Awaitable[NDArray[Any]]]
 Vector = NDArray[np.float32]
 _EMBEDDING_MEMO = 1024
+# Candidates above the threshold the guard looks at, most similar first, before giving up.
+_CANDIDATES = 4
 
 
 @dataclass(slots=True)
@@ -50,6 +59,18 @@ class SemanticStats:
     misses: int = 0
     stores: int = 0
     ineligible: int = 0  # requests whose last message is not plain user text
+    # Misses where a candidate was similar enough but the guard refused it, by reason.
+    refused: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticMatch:
+    """A lookup's outcome: the response served, or None; and when the guard refused a similar
+    enough candidate, why (a `keel.cache.precision.REASONS` value, or "verifier")."""
+
+    response: dict[str, Any] | None
+    refusal: str | None = None
+    similarity: float | None = None
 
 
 class _ScopeIndex:
@@ -62,6 +83,7 @@ class _ScopeIndex:
         self.contexts = np.empty(0, dtype=np.int64)
         self.expires = np.empty(0, dtype=np.float64)
         self.responses: list[bytes] = []
+        self.prompts: list[str] = []
         self.ids: list[str] = []
         self.known: set[str] = set()
         self.cursor: str | None = None
@@ -86,18 +108,26 @@ class _ScopeIndex:
         self.contexts[row] = record.context
         self.expires[row] = record.expires_at
         self.responses.append(record.response)
+        self.prompts.append(record.prompt)
         self.ids.append(record.entry_id)
         self.known.add(record.entry_id)
         self.count += 1
 
-    def search(self, query: Vector, context: int, now: float, threshold: float) -> bytes | None:
+    def search(
+        self, query: Vector, context: int, now: float, threshold: float
+    ) -> list[tuple[float, int]]:
+        """(similarity, row) of the best entries at or above `threshold`, best first."""
         if self.vectors is None or self.count == 0 or query.shape[0] != self.vectors.shape[1]:
-            return None
+            return []
         count = self.count
         scores = self.vectors[:count] @ query
         scores[(self.contexts[:count] != context) | (self.expires[:count] <= now)] = -2.0
-        best = int(np.argmax(scores))
-        return self.responses[best] if scores[best] >= threshold else None
+        if count > _CANDIDATES:
+            top = np.argpartition(scores, count - _CANDIDATES)[count - _CANDIDATES :]
+        else:
+            top = np.arange(count)
+        ranked = sorted(((float(scores[row]), int(row)) for row in top), reverse=True)
+        return [(score, row) for score, row in ranked if score >= threshold]
 
     def _resize(self, capacity: int, dimension: int) -> None:
         vectors = np.zeros((capacity, dimension), dtype=np.float32)
@@ -122,6 +152,7 @@ class _ScopeIndex:
         self.contexts[:kept] = self.contexts[:count][keep]
         self.expires[:kept] = self.expires[:count][keep]
         self.responses = [item for item, flag in zip(self.responses, keep, strict=True) if flag]
+        self.prompts = [item for item, flag in zip(self.prompts, keep, strict=True) if flag]
         self.ids = [item for item, flag in zip(self.ids, keep, strict=True) if flag]
         self.known = set(self.ids)
         self.count = kept
@@ -146,12 +177,22 @@ class SemanticCache:
         sync_interval_s: float = 1.0,
         clock: Clock = time.time,
         max_pending_writes: int = 1000,
+        guard: GuardLevel = "lexical",
+        verifier: Verifier | None = None,
+        verify_band: float = 0.03,
     ) -> None:
         if not -1.0 <= threshold <= 1.0:
             raise ValueError("threshold is a cosine similarity, between -1 and 1")
+        if guard not in GUARD_LEVELS:
+            raise ValueError(f"guard must be one of {', '.join(GUARD_LEVELS)}")
+        if verify_band < 0:
+            raise ValueError("verify_band must be >= 0")
         if default_ttl_s <= 0 or max_entries_per_scope < 1 or max_scopes < 1:
             raise ValueError("default_ttl_s, max_entries_per_scope and max_scopes must be > 0")
         self.threshold = threshold
+        self.guard: GuardLevel = guard
+        self.verifier = verifier
+        self.verify_band = verify_band
         self.default_ttl_s = default_ttl_s
         self.second_tier = second_tier
         self.stats = SemanticStats()
@@ -171,25 +212,69 @@ class SemanticCache:
         *,
         scope: str | None = None,
         threshold: float | None = None,
+        guard: GuardLevel | None = None,
     ) -> dict[str, Any] | None:
         """A cached response for a similar enough request, as a fresh dict, or None."""
+        found = await self.match(
+            model_group, request, scope=scope, threshold=threshold, guard=guard
+        )
+        return found.response
+
+    async def match(
+        self,
+        model_group: str,
+        request: ChatCompletionRequest,
+        *,
+        scope: str | None = None,
+        threshold: float | None = None,
+        guard: GuardLevel | None = None,
+    ) -> SemanticMatch:
+        """Like `lookup`, and says why a similar enough candidate was refused. `threshold` and
+        `guard` override the cache's own for this lookup (a model group's settings)."""
         prompt = semantic_prompt(model_group, request)
         if prompt is None:
             self.stats.ineligible += 1
-            return None
+            return SemanticMatch(None)
         query = await self._embedding_or_none(prompt.text)
         if query is None:
             self.stats.misses += 1
-            return None
+            return SemanticMatch(None)
         index = await self._index(model_group, scope)
         limit = self.threshold if threshold is None else threshold
-        found = index.search(query, prompt.context, self._clock(), limit)
-        if found is None:
-            self.stats.misses += 1
+        level = self.guard if guard is None else guard
+        refusal: str | None = None
+        for similarity, row in index.search(query, prompt.context, self._clock(), limit):
+            if level != "off":
+                why = await self._refusal(
+                    index.prompts[row], prompt.text, similarity - limit, level
+                )
+                if why is not None:
+                    refusal = refusal or why
+                    continue
+            self.stats.hits += 1
+            response: dict[str, Any] = orjson.loads(index.responses[row])
+            return SemanticMatch(response, similarity=similarity)
+        self.stats.misses += 1
+        if refusal is not None:
+            self.stats.refused[refusal] = self.stats.refused.get(refusal, 0) + 1
+        return SemanticMatch(None, refusal=refusal)
+
+    async def _refusal(self, cached: str, new: str, margin: float, level: GuardLevel) -> str | None:
+        if not cached:
+            # Written by a replica without the guard: there is nothing to check it against.
+            return "unverifiable"
+        reason = contrast(cached, new)
+        if reason is not None or level != "verify" or margin >= self.verify_band:
+            return reason
+        if self.verifier is None or cached == new:
             return None
-        self.stats.hits += 1
-        response: dict[str, Any] = orjson.loads(found)
-        return response
+        try:
+            same = await self.verifier(cached, new)
+        except Exception as exc:
+            # A judge that is down must not turn the band into hits; it costs misses instead.
+            warn_tier_failure("verifier", "verify", exc)
+            return "verifier"
+        return None if same else "verifier"
 
     async def store(
         self,
@@ -219,6 +304,7 @@ class SemanticCache:
             vector=vector.astype("<f4").tobytes(),
             response=orjson.dumps(response),
             expires_at=now + ttl,
+            prompt=prompt.text,
         )
         index.add(record, vector, now)
         self.stats.stores += 1

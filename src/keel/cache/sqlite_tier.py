@@ -25,7 +25,7 @@ from keel.cache.tier import Clock, StoredVector
 __all__ = ["SQLiteTier"]
 
 T = TypeVar("T")
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache_entries (
     key TEXT PRIMARY KEY,
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS semantic_entries (
     context INTEGER NOT NULL,
     expires_at REAL NOT NULL,
     vector BLOB NOT NULL,
-    response BLOB NOT NULL
+    response BLOB NOT NULL,
+    prompt TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS ix_semantic_entries_scope ON semantic_entries (scope, seq);
 CREATE INDEX IF NOT EXISTS ix_semantic_entries_expires_at ON semantic_entries (expires_at);
@@ -115,8 +116,8 @@ class SQLiteTier:
         def write(connection: sqlite3.Connection) -> None:
             connection.execute(
                 "INSERT INTO semantic_entries"
-                " (scope, entry_id, context, expires_at, vector, response)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " (scope, entry_id, context, expires_at, vector, response, prompt)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     scope,
                     record.entry_id,
@@ -124,6 +125,7 @@ class SQLiteTier:
                     record.expires_at,
                     record.vector,
                     record.response,
+                    record.prompt,
                 ),
             )
             self._after_write(connection)
@@ -138,16 +140,21 @@ class SQLiteTier:
             records: list[StoredVector] = []
             while True:
                 rows = connection.execute(
-                    "SELECT seq, entry_id, context, expires_at, vector, response"
+                    "SELECT seq, entry_id, context, expires_at, vector, response, prompt"
                     " FROM semantic_entries WHERE scope = ? AND seq > ? ORDER BY seq LIMIT ?",
                     (scope, last, _READ_BATCH),
                 ).fetchall()
-                for seq, entry_id, context, expires_at, vector, response in rows:
+                for seq, entry_id, context, expires_at, vector, response, prompt in rows:
                     last = seq
                     if expires_at > now:
                         records.append(
                             StoredVector(
-                                entry_id, context, bytes(vector), bytes(response), expires_at
+                                entry_id,
+                                context,
+                                bytes(vector),
+                                bytes(response),
+                                expires_at,
+                                prompt,
                             )
                         )
                 if len(rows) < _READ_BATCH:

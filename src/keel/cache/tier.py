@@ -29,6 +29,9 @@ class StoredVector:
     vector: bytes  # little-endian float32, already normalized
     response: bytes  # the completion as JSON
     expires_at: float  # seconds since the epoch
+    # The text that was embedded, for the precision guard ("" from a writer that predates it:
+    # such an entry is served only with the guard off).
+    prompt: str = ""
 
 
 class SecondTier(Protocol):

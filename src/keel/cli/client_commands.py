@@ -17,6 +17,9 @@ from keel.sdk import Keel
 __all__ = ["chat", "deployments", "embed", "models", "requests", "version"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# A question asked from a terminal wants an answer, not a model running to the end of its
+# context; ask for more with --max-tokens.
+DEFAULT_MAX_TOKENS = 256
 
 UrlOption = typer.Option(None, "--url", envvar="KEEL_URL", help="Keel server URL.")
 KeyOption = typer.Option(None, "--api-key", envvar="KEEL_API_KEY", help="Keel API key.")
@@ -50,7 +53,9 @@ def chat(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model id."),
     system: str | None = typer.Option(None, "--system", "-s", help="System prompt."),
     stream: bool = typer.Option(False, "--stream", help="Print tokens as they arrive."),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", min=1),
+    max_tokens: int = typer.Option(
+        DEFAULT_MAX_TOKENS, "--max-tokens", min=1, help="Longest answer, in tokens."
+    ),
     temperature: float | None = typer.Option(None, "--temperature", min=0, max=2),
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Don't answer from Keel's response cache (and don't store)."

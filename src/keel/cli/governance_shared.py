@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from keel.cli.output import console, fail, reported_errors
+from keel.cli.output import console, fail, number, reported_errors
 from keel.sdk import Keel
 from keel.sdk.governance import GovernanceAPI
 
@@ -167,7 +167,7 @@ def names(values: list[str] | None, *, none: str = "all") -> str:
 
 
 def limits_text(limits: Mapping[str, Any] | None) -> str:
-    return ", ".join(f"{key}={value:g}" for key, value in (limits or {}).items()) or "-"
+    return ", ".join(f"{key}={number(value)}" for key, value in (limits or {}).items()) or "-"
 
 
 def new_table(*headers: str, whole: tuple[str, ...] = ()) -> Table:

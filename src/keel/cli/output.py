@@ -9,7 +9,7 @@ from rich.console import Console
 
 from keel.sdk import KeelAPIError, KeelConnectionError
 
-__all__ = ["console", "fail", "reported_errors"]
+__all__ = ["console", "fail", "number", "reported_errors"]
 
 console = Console()
 
@@ -17,6 +17,21 @@ console = Console()
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def number(value: float) -> str:
+    """A number as people write it: integers as integers (`2000000`, never `2e+06`, however
+    JSON delivered it), other values in plain decimal notation."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if value.is_integer() and abs(value) < 1e18:
+        return str(int(value))
+    text = repr(value)
+    if "e" in text or "E" in text:
+        text = f"{value:.15f}".rstrip("0").rstrip(".")
+    return text
 
 
 @contextmanager

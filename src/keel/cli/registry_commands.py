@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from keel.cli.output import console, fail, reported_errors
+from keel.cli.output import console, fail, number, reported_errors
 from keel.sdk import Keel
 from keel.sdk.registry import RegistryAPI, parse_gate
 
@@ -302,7 +302,7 @@ def gates(
 
 def _describe_gate(gate: dict[str, Any]) -> str:
     where = f" on {gate['dataset']}" if gate.get("dataset") else ""
-    return f"{gate['metric']}{where} {gate['op']} {gate['threshold']:g}"
+    return f"{gate['metric']}{where} {gate['op']} {number(gate['threshold'])}"
 
 
 @app.command("evaluate")
@@ -323,7 +323,7 @@ def evaluate(
         fail(f"VALUE: {value!r} is not a finite number")
     with _registry(url, api_key, actor, roles) as registry:
         found = registry.evaluate(name, version, metric, value, dataset=dataset, run_id=run_id)
-    typer.echo(f"{name}@{version} {found['metric']}={found['value']:g} ({found['id']})")
+    typer.echo(f"{name}@{version} {found['metric']}={number(found['value'])} ({found['id']})")
 
 
 @app.command("archive")

@@ -16,6 +16,7 @@ from typing import Any
 from keel.cache import (
     CacheControl,
     Caches,
+    GuardLevel,
     cache_control,
     cache_key,
     is_cacheable,
@@ -38,6 +39,9 @@ class CachePlan:
     scope: str | None
     semantic: bool
     semantic_threshold: float | None
+    semantic_guard: GuardLevel | None = None
+    # Why the semantic cache's precision guard refused a similar enough entry, if it did.
+    guard_refusal: str | None = None
 
 
 class ResponseCaching:
@@ -73,6 +77,7 @@ class ResponseCaching:
             semantic=(self._semantic_default if semantic is None else semantic)
             and self._caches.semantic is not None,
             semantic_threshold=group.cache.semantic_threshold,
+            semantic_guard=group.cache.semantic_guard,
         )
 
     async def lookup(self, plan: CachePlan) -> dict[str, Any] | None:
@@ -80,9 +85,14 @@ class ResponseCaching:
             return None
         hit = await self._caches.exact.get(plan.key)
         if hit is None and plan.semantic and self._caches.semantic is not None:
-            hit = await self._caches.semantic.lookup(
-                plan.group.id, plan.request, scope=plan.scope, threshold=plan.semantic_threshold
+            found = await self._caches.semantic.match(
+                plan.group.id,
+                plan.request,
+                scope=plan.scope,
+                threshold=plan.semantic_threshold,
+                guard=plan.semantic_guard,
             )
+            hit, plan.guard_refusal = found.response, found.refusal
         return hit
 
     def store(self, plan: CachePlan | None, response: dict[str, Any]) -> None:

@@ -87,6 +87,8 @@ class Call:
         headers["x-keel-request-id"] = self.request_id
         if self.cache_status is not None:
             headers["x-keel-cache"] = self.cache_status
+        if self.cache_plan is not None and self.cache_plan.guard_refusal is not None:
+            headers["x-keel-cache-guard"] = self.cache_plan.guard_refusal
         if self.registry_version is not None:
             headers["x-keel-registry-version"] = self.registry_version
         if self.screening is not None and self.screening.warnings:

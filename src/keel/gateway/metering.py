@@ -49,7 +49,8 @@ class Metering:
             return
         limits = policy.limits_for(call.actor, group.id, call.resolved)
         if limits:
-            call.estimate = policy.estimate(request, group)
+            card_limit = call.resolved.limits.max_output_tokens if call.resolved else None
+            call.estimate = policy.estimate(request, group, card_limit)
             call.reservation = await quotas.reserve(
                 limits, tokens=call.estimate.tokens, usd=call.estimate.usd
             )

@@ -112,6 +112,12 @@ class QuotaConfig(_Section):
     default_key: LimitSet = Field(
         default_factory=LimitSet, description="Applied to keys that set no limits of their own."
     )
+    default_output_tokens: int = Field(
+        default=512,
+        ge=0,
+        description="Tokens reserved for an answer whose request sets no max_tokens (and whose "
+        "registry card sets no max_output_tokens); settled to the real usage afterwards.",
+    )
 
 
 class ResidencyConfig(_Section):

@@ -5,6 +5,11 @@ A key is never wider than the credential that made it: a caller acting through a
 limits) can only create or rotate keys inside those same bounds, so narrowing a key can't be
 undone by minting another. Only admins set a key's quota limits; a key made by anyone else
 carries the limits of the key that made it.
+
+The environment binds everyone but admins, who may create keys for either environment whatever
+the credential they act through: they govern both already (they promote registry versions to
+production and manage every user's keys), so the bound would protect nothing, and it would leave
+the admin key created at first start, a production key, unable to make sandbox keys.
 """
 
 from __future__ import annotations
@@ -49,15 +54,21 @@ class KeyBounds:
     expires_at: datetime | None = None
     limits: Mapping[str, Any] | None = None
     may_set_limits: bool = True
+    may_choose_environment: bool = True
 
     @classmethod
     def of(cls, actor: Actor, grant: KeyGrant | None) -> KeyBounds:
         """The bounds of `actor`: its key's grants, or just its role (bootstrap admin key,
         SSO token, the local user)."""
-        may_set_limits = actor.role == "admin"
+        is_admin = actor.role == "admin"
         if grant is None:
             sandbox = actor.kind == "oidc" and actor.environment == "sandbox"
-            return cls(actor.role, "sandbox" if sandbox else None, may_set_limits=may_set_limits)
+            return cls(
+                actor.role,
+                "sandbox" if sandbox else None,
+                may_set_limits=is_admin,
+                may_choose_environment=is_admin,
+            )
         expires_at = (
             None if grant.expires_at is None else datetime.fromtimestamp(grant.expires_at, UTC)
         )
@@ -69,7 +80,8 @@ class KeyBounds:
             networks=grant.networks,
             expires_at=expires_at,
             limits=grant.limits.model_dump(exclude_none=True),
-            may_set_limits=may_set_limits,
+            may_set_limits=is_admin,
+            may_choose_environment=is_admin,
         )
 
     def narrow(self, request: KeyRequest, *, limits_are_kept: bool = False) -> KeyRequest:
@@ -78,9 +90,14 @@ class KeyBounds:
         if request.role is not None and role_rank(request.role) < role_rank(self.role):
             _refuse(f"role: a key can't be stronger than your own role ({self.role})", "role")
         # Each environment reaches what the other can't (sandbox: unreleased registry versions;
-        # production: production traffic), so a key makes keys of its own environment only.
+        # production: production traffic), so a key makes keys of its own environment only,
+        # unless it is an admin's. Left open, the new key takes the credential's environment.
         environment = request.environment or self.environment or "production"
-        if self.environment is not None and environment != self.environment:
+        if (
+            self.environment is not None
+            and environment != self.environment
+            and not self.may_choose_environment
+        ):
             _refuse(
                 f"environment: a {self.environment} credential creates {self.environment} keys",
                 "environment",

@@ -203,7 +203,11 @@ class OidcVerifier:
         failures = await asyncio.gather(*(self._start_fetch(issuer) for issuer in issuers))
         for issuer, failure in zip(issuers, failures, strict=True):
             if failure is not None and issuer.config.jwks_file is not None:
-                raise ConfigError(f"auth.oidc: issuer {issuer.config.issuer!r}: {failure}")
+                raise ConfigError(
+                    f"auth.oidc: issuer {issuer.config.issuer!r}: jwks_file "
+                    f"{issuer.config.jwks_file}: {failure}; point jwks_file at the issuer's "
+                    "JWKS document (its public signing keys)"
+                )
 
     async def aclose(self) -> None:
         for issuer in self._issuers.values():

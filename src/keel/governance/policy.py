@@ -166,15 +166,27 @@ class RequestPolicy:
             limits += limits_from(f"model:{model}", f"model {model}", model_limits)
         return limits
 
-    def estimate(self, request: BaseModel, group: ModelGroup) -> Estimate:
+    def estimate(
+        self, request: BaseModel, group: ModelGroup, card_output_limit: int | None = None
+    ) -> Estimate:
         """What to reserve before the call: the prompt's estimated tokens plus the most the
-        answer may use; settled against real usage afterwards."""
+        answer may use — the request's `max_tokens`, else the registry card's
+        `max_output_tokens`, else `quotas.default_output_tokens` — settled against real usage
+        afterwards. Without a figure for the answer, concurrent calls could overshoot a token
+        limit by their answers before any of them settles."""
         tokens = estimate_input_tokens(request)
         output = 0
-        if isinstance(request, ChatCompletionRequest):
-            output = request.output_token_limit() or 0
-        elif isinstance(request, CompletionRequest):
-            output = request.max_tokens or 0
+        if isinstance(request, ChatCompletionRequest | CompletionRequest):
+            asked = (
+                request.output_token_limit()
+                if isinstance(request, ChatCompletionRequest)
+                else request.max_tokens
+            )
+            if asked is None:
+                asked = card_output_limit
+            if asked is None:
+                asked = self.quotas.default_output_tokens
+            output = asked * max(request.n or 1, 1)
         usd = 0.0
         provider = group.first_provider
         if not provider.is_local:

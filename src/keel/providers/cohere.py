@@ -323,6 +323,7 @@ def _encode_embedding(vector: list[float], encoding_format: str) -> list[float] 
 
 class CohereProvider(Provider):
     name: ClassVar[str] = "cohere"
+    known_options: ClassVar[frozenset[str] | None] = frozenset({"input_type"})
     supports_embeddings = True
     chat_params = COMMON_CHAT_PARAMS | {
         "seed",

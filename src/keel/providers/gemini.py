@@ -108,6 +108,9 @@ def _credential_errors(provider: str) -> Iterator[None]:
 
 class GeminiProvider(Provider):
     name: ClassVar[str] = "gemini"
+    known_options: ClassVar[frozenset[str] | None] = frozenset(
+        {"schema_format", "safety_settings", "generation_config"}
+    )
     chat_params = COMMON_CHAT_PARAMS | {
         "n",
         "seed",

@@ -9,13 +9,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from keel.errors import (
-    ConfigError,
-    InvalidRequestError,
-    UnsupportedParameterError,
-    UpstreamUnavailableError,
-)
+from keel.errors import InvalidRequestError, UnsupportedParameterError
 from keel.providers._bundled import bundled_embedding_model_path
+from keel.providers._model_files import LoadFailure, model_not_loadable
 from keel.providers._worker import ModelWorker
 from keel.providers.base import Provider
 from keel.schemas import EmbeddingRequest
@@ -31,6 +27,7 @@ __all__ = ["SentenceTransformersProvider"]
 
 class SentenceTransformersProvider(Provider):
     name: ClassVar[str] = "sentence_transformers"
+    known_options: ClassVar[frozenset[str] | None] = frozenset()
     is_local = True
     supports_chat = False
     supports_embeddings = True
@@ -40,21 +37,27 @@ class SentenceTransformersProvider(Provider):
         self._model: SentenceTransformer | None = None
         self._worker = ModelWorker(config.id)
         self._model_path = config.model_path or bundled_embedding_model_path()
+        self._load_failure = LoadFailure()
 
     @property
     def model_path(self) -> Path:
         return self._model_path
 
-    def ready(self) -> bool:
-        return self._model is not None or self._model_path.is_dir()
+    def unready_reason(self) -> str | None:
+        if self._model is not None:
+            return None
+        if not self._model_path.is_dir():
+            return f"model directory not found: {self._model_path}"
+        return self._load_failure.reason(self._model_path)
 
     async def start(self) -> None:
-        if not self._model_path.is_dir():
-            raise ConfigError(f"model {self.config.id!r}: directory not found: {self._model_path}")
         await self._worker.run(self._load)
 
     def _load(self) -> SentenceTransformer:
         if self._model is None:
+            reason = self.unready_reason()
+            if reason is not None:
+                raise model_not_loadable(self.config.id, reason)
             # The model is on disk; never let the hub client reach for the network.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
@@ -63,10 +66,9 @@ class SentenceTransformersProvider(Provider):
                 self._model = SentenceTransformer(str(self._model_path), device="cpu")
             except (ValueError, RuntimeError, OSError) as exc:
                 # A model the runtime cannot load is this deployment's failure, not Keel's.
-                raise UpstreamUnavailableError(
-                    f"model {self.config.id!r}: the model could not be loaded "
-                    f"({type(exc).__name__})"
-                ) from None
+                reason = f"the model could not be loaded ({type(exc).__name__})"
+                self._load_failure.note(self._model_path, reason)
+                raise model_not_loadable(self.config.id, reason) from None
         return self._model
 
     async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:

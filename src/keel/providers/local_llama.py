@@ -21,11 +21,11 @@ from keel.errors import (
     ContextWindowExceededError,
     InvalidRequestError,
     UnsupportedParameterError,
-    UpstreamUnavailableError,
 )
 from keel.providers._bundled import bundled_chat_model_path
 from keel.providers._llama_logprobs import SampleLog, recording_llama_class
 from keel.providers._llama_messages import check_no_tool_use, template_messages
+from keel.providers._model_files import LoadFailure, model_not_loadable
 from keel.providers._openai_format import usage, usage_chunk
 from keel.providers._worker import ModelWorker
 from keel.providers.base import Provider
@@ -52,12 +52,23 @@ _SAMPLING_PARAMS = (
     "logit_bias",
 )
 
+# What the bundled model's card recommends (temperature, top_p), and a mild repetition penalty
+# without which a model this small often loops until max_tokens. Used where a request leaves
+# them unset; any GGUF deployment sets its own in `options`.
+BUNDLED_SAMPLING_DEFAULTS: dict[str, float] = {
+    "temperature": 0.2,
+    "top_p": 0.9,
+    "repeat_penalty": 1.1,
+}
+_SAMPLING_OPTIONS = frozenset(BUNDLED_SAMPLING_DEFAULTS)
+
 # One choice's generation: the llama in, llama.cpp's result or chunks out.
 _Generation = Callable[["Llama"], Any]
 
 
 class LlamaCppProvider(Provider):
     name: ClassVar[str] = "llama_cpp"
+    known_options: ClassVar[frozenset[str] | None] = _SAMPLING_OPTIONS
     is_local = True
     supports_completions = True
     chat_params = frozenset(
@@ -90,17 +101,21 @@ class LlamaCppProvider(Provider):
         self._sample_log = SampleLog()
         self._worker = ModelWorker(config.id)
         self._model_path = config.model_path or bundled_chat_model_path()
+        self._load_failure = LoadFailure()
+        self._sampling_defaults = _sampling_defaults(config)
 
     @property
     def model_path(self) -> Path:
         return self._model_path
 
-    def ready(self) -> bool:
-        return self._llama is not None or self._model_path.is_file()
+    def unready_reason(self) -> str | None:
+        if self._llama is not None:
+            return None
+        if not self._model_path.is_file():
+            return f"GGUF file not found: {self._model_path}"
+        return self._load_failure.reason(self._model_path)
 
     async def start(self) -> None:
-        if not self._model_path.is_file():
-            raise ConfigError(f"model {self.config.id!r}: GGUF file not found: {self._model_path}")
         await self._worker.run(self._load)
 
     def check_chat_request(self, request: ChatCompletionRequest) -> None:
@@ -113,10 +128,12 @@ class LlamaCppProvider(Provider):
     def _load(self) -> Llama:
         # Runs in the worker thread, so the first request after a lazy start waits in line too.
         if self._llama is None:
-            if not self._model_path.is_file():
-                raise UpstreamUnavailableError(
-                    f"model {self.config.id!r}: GGUF file not found: {self._model_path}"
-                )
+            # A file that is missing, or failed to load and has not changed since, fails the
+            # same way every time: refused at once (and never retried, see `model_not_loadable`)
+            # rather than loaded again on every request.
+            reason = self.unready_reason()
+            if reason is not None:
+                raise model_not_loadable(self.config.id, reason)
             try:
                 self._llama = recording_llama_class()(
                     model_path=str(self._model_path),
@@ -128,10 +145,9 @@ class LlamaCppProvider(Provider):
             except (ValueError, RuntimeError, OSError) as exc:
                 # The model runtime is this deployment's upstream: a file it cannot load is
                 # the deployment's failure (fallbacks apply), not the request's or Keel's.
-                raise UpstreamUnavailableError(
-                    f"model {self.config.id!r}: the GGUF file could not be loaded "
-                    f"({type(exc).__name__})"
-                ) from None
+                reason = f"the GGUF file could not be loaded ({type(exc).__name__})"
+                self._load_failure.note(self._model_path, reason)
+                raise model_not_loadable(self.config.id, reason) from None
         return self._llama
 
     def _chat_arguments(self, request: ChatCompletionRequest) -> dict[str, Any]:
@@ -146,6 +162,8 @@ class LlamaCppProvider(Provider):
             value = getattr(request, param)
             if value is not None:
                 arguments[param] = value
+        for param, value in self._sampling_defaults.items():
+            arguments.setdefault(param, value)
         if request.response_format is not None and request.response_format.type != "text":
             fmt: dict[str, Any] = {"type": "json_object"}
             if request.response_format.json_schema and request.response_format.json_schema.schema_:
@@ -196,6 +214,13 @@ class LlamaCppProvider(Provider):
         return self._stream(generations)
 
     def _completion_arguments(self, request: CompletionRequest) -> dict[str, Any]:
+        if request.max_tokens == 0:
+            # OpenAI reads 0 as "generate nothing"; llama.cpp as "no limit", which would run to
+            # the end of the context.
+            raise UnsupportedParameterError(
+                f"max_tokens: 0 is not supported by model {self.config.id!r}; send at least 1",
+                param="max_tokens",
+            )
         arguments: dict[str, Any] = {
             "max_tokens": request.max_tokens,
             "stop": ([request.stop] if isinstance(request.stop, str) else request.stop) or None,
@@ -206,6 +231,8 @@ class LlamaCppProvider(Provider):
             value = getattr(request, param)
             if value is not None:
                 arguments[param] = value
+        for param, value in self._sampling_defaults.items():
+            arguments.setdefault(param, value)
         return arguments
 
     def _text_generation(
@@ -351,6 +378,18 @@ class LlamaCppProvider(Provider):
 
     async def aclose(self) -> None:
         self._worker.shutdown()
+
+
+def _sampling_defaults(config: DeploymentConfig) -> dict[str, float]:
+    """What a request leaves unset is sampled with: the deployment's `options`, else (for the
+    bundled file) the bundled model's defaults, else llama-cpp-python's own."""
+    defaults = dict(BUNDLED_SAMPLING_DEFAULTS) if config.model_path is None else {}
+    for key in sorted(_SAMPLING_OPTIONS & set(config.options)):
+        value = config.options[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"options.{key}: must be a number, 0 or more")
+        defaults[key] = float(value)
+    return defaults
 
 
 def _bind(generate: Callable[[Llama, Any], Any], value: Any) -> _Generation:

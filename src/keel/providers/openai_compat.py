@@ -38,6 +38,7 @@ OPENAI_API_BASE = "https://api.openai.com/v1"
 
 class OpenAICompatibleProvider(Provider):
     name: ClassVar[str] = "openai"
+    known_options: ClassVar[frozenset[str] | None] = frozenset({"stream_usage"})
     supports_completions = True
     supports_embeddings = True
     chat_params = None

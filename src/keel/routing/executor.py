@@ -14,7 +14,8 @@ The rules, in order of precedence:
 - an exception that is not one of Keel's errors was raised by Keel's own code: a 500, never
   retried and never held against the deployment;
 - `retry.max_attempts` per group and `retry.deadline_s` for the whole request bound the work;
-- when the group is exhausted, its `fallbacks` are tried in order, each with its own retry policy;
+- when the group is exhausted, its `fallbacks` are tried in order, each with its own retry policy,
+  and theirs after them (transitively, each group once);
 - if everything fails, the last error is raised (its class and status kept) with the list of
   what was tried appended to its message.
 """
@@ -44,6 +45,7 @@ from keel.errors import (
     UpstreamUnavailableError,
 )
 from keel.providers import Provider
+from keel.providers._model_files import MODEL_NOT_LOADABLE
 from keel.routing.group import Deployment, ModelGroup
 
 __all__ = ["AttemptTrace", "execute"]
@@ -102,11 +104,15 @@ async def execute(
     `enter_fallback` runs before a fallback group is tried; a KeelError from it (a quota of
     that model, say) skips the group like one with nothing to offer."""
     deadline = time.monotonic() + group.retry.deadline_s
-    queue = [group.id, *group.fallbacks]
+    queue = [group.id]
+    visited: set[str] = set()
     last_error: KeelError | None = None
     while queue:
-        current = group if queue[0] == group.id else resolve(queue[0])
-        queue.pop(0)
+        target = queue.pop(0)
+        if target in visited:
+            continue
+        visited.add(target)
+        current = group if target == group.id else resolve(target)
         if current is not group and enter_fallback is not None:
             try:
                 await enter_fallback(current)
@@ -122,6 +128,9 @@ async def execute(
         except _Exhausted as exhausted:
             # A group with nothing to offer must not hide the error that got us here.
             last_error = exhausted.error or last_error
+            # Fallbacks are followed transitively, breadth first: the same groups
+            # `Router.chain` screens a request for are the ones it may end up on.
+            queue.extend(current.fallbacks)
         if time.monotonic() >= deadline:
             break
     if last_error is None:
@@ -195,7 +204,8 @@ async def _run_group(
                 deployment.health.rate_limited(_retry_after(exc), probe=probe)
             else:
                 deployment.health.failed(kind, retry_after_s=_retry_after(exc), probe=probe)
-            if kind == "auth":
+            if kind == "auth" or exc.code == MODEL_NOT_LOADABLE:
+                # The same key, or the same missing model file, fails the same way again.
                 refused_key.add(deployment.id)
             last_error = exc
             if kind not in group.retry.retry_on:

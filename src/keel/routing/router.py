@@ -4,7 +4,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from keel.config import DeploymentConfig, ModelGroupConfig, Settings
+from keel.config import DeploymentConfig, ModelGroupConfig, Settings, did_you_mean
 from keel.errors import ConfigError, InvalidRequestError, ModelNotFoundError
 from keel.providers import Provider, load_provider_class
 from keel.providers._bundled import BUNDLED_CHAT_MODEL_ID, BUNDLED_EMBEDDING_MODEL_ID
@@ -56,6 +56,15 @@ def check_deployments(settings: Settings) -> None:
         ]
     for location, deployment in located:
         provider_class = load_provider_class(deployment.provider)
+        known_options = provider_class.known_options
+        for option in deployment.options:
+            if known_options is not None and option not in known_options:
+                listed = ", ".join(sorted(known_options)) or "none"
+                raise ConfigError(
+                    f"{source}: {location}.options.{option}: unknown option for provider "
+                    f"{deployment.provider!r}{did_you_mean(option, known_options)} "
+                    f"(its options: {listed})"
+                )
         for field in provider_class.required_config:
             if getattr(deployment, field) is None:
                 raise ConfigError(

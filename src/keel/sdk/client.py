@@ -159,7 +159,7 @@ class Keel:
                         return
                     event = json.loads(data)
                     if "error" in event:
-                        raise _api_error(502, data.encode())
+                        raise _api_error(_stream_error_status(event["error"]), data.encode())
                     yield event
         except httpx.TransportError as exc:
             raise KeelConnectionError(f"cannot reach Keel at {self.base_url}: {exc}") from exc
@@ -167,6 +167,40 @@ class Keel:
 
 def _messages(messages: Messages) -> list[dict[str, Any]]:
     return [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
+
+
+# A stream that fails after it started can no longer change its HTTP status; its error event
+# says what happened in OpenAI's `type` and Keel's `code`, which map back to the status the same
+# error gets before a stream starts (docs/api.md, Errors).
+_STATUS_BY_CODE = {
+    "context_length_exceeded": 400,
+    "guardrail_blocked": 400,
+    "quota_exceeded": 429,
+    "upstream_unavailable": 503,
+    "upstream_timeout": 504,
+    "quota_unavailable": 503,
+}
+_STATUS_BY_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "conflict_error": 409,
+    "rate_limit_error": 429,
+    "client_closed_request": 499,
+    "server_error": 500,
+    "upstream_error": 502,
+}
+
+
+def _stream_error_status(error: Any) -> int:
+    if not isinstance(error, dict):
+        return 502
+    code, kind = error.get("code"), error.get("type")
+    if isinstance(code, str) and code in _STATUS_BY_CODE:
+        return _STATUS_BY_CODE[code]
+    if isinstance(kind, str) and kind in _STATUS_BY_TYPE:
+        return _STATUS_BY_TYPE[kind]
+    return 502
 
 
 def _api_error(status_code: int, raw: bytes) -> KeelAPIError:

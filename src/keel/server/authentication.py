@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.errors import KeelError, RequestTooLargeError
 from keel.governance.permissions import PUBLIC_ROUTES
+from keel.server.body import declared_length
 from keel.server.errors import error_response
 
 if TYPE_CHECKING:
@@ -60,15 +61,15 @@ class AuthenticateFirst:
             await self.app(scope, receive, send)
             return
         limit = keel.settings.server.max_request_body_bytes
-        if _declared_length(scope) > limit:
+        try:
+            declared = declared_length(Headers(scope=scope))
+        except KeelError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        if declared is not None and declared > limit:
             await error_response(_too_large(limit))(scope, receive, send)
             return
         await _BodyLimit(self.app, limit)(scope, receive, send)
-
-
-def _declared_length(scope: Scope) -> int:
-    value = Headers(scope=scope).get("content-length", "0")
-    return int(value) if value.isdigit() else 0
 
 
 class _BodyLimit:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
@@ -8,7 +9,7 @@ from starlette.requests import ClientDisconnect
 
 from keel.errors import ClientClosedRequestError, InvalidRequestError, RequestTooLargeError
 
-__all__ = ["StoredBody", "read_body"]
+__all__ = ["StoredBody", "declared_length", "read_body"]
 
 
 class StoredBody(BaseModel):
@@ -33,14 +34,22 @@ class StoredBody(BaseModel):
         return value
 
 
+def declared_length(headers: Mapping[str, str]) -> int | None:
+    """The body size a request declares. One rule wherever a body is read: a content-length
+    that is not a plain decimal number is the client's 400."""
+    declared = headers.get("content-length")
+    if declared is None:
+        return None
+    if not (declared.isascii() and declared.isdigit()):
+        raise InvalidRequestError("the content-length header is not a number")
+    return int(declared)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidRequestError("the content-length header is not a number")
-        if int(declared) > limit:
-            raise RequestTooLargeError(f"the request body is over the {limit}-byte limit")
+    declared = declared_length(request.headers)
+    if declared is not None and declared > limit:
+        raise RequestTooLargeError(f"the request body is over the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0
     try:

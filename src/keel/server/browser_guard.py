@@ -43,6 +43,7 @@ _EXPOSED_HEADERS = (
     "x-keel-deployment",
     "x-keel-attempts",
     "x-keel-cache",
+    "x-keel-cache-guard",
     "x-keel-registry-version",
     "x-keel-guardrail-warnings",
     "x-keel-cost-usd",

@@ -59,7 +59,28 @@ def _audit_refusal(request: Request, error: PermissionDeniedError) -> None:
 async def _validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    location = ".".join(str(part) for part in first["loc"] if part not in ("body", "query"))
+    if first.get("type") == "json_invalid":
+        context = first.get("ctx")
+        reason = context.get("error") if isinstance(context, dict) else None
+        return error_response(
+            InvalidRequestError(
+                f"the body is not valid JSON ({reason or 'parse error'})", code="invalid_json"
+            )
+        )
+    # The first part says where the value came from; a field may itself be called `path`.
+    parts = list(first["loc"])
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    location = ".".join(str(part) for part in parts)
+    if not location:
+        # The body as a whole: a list, a string or a number where an object was expected.
+        if first.get("type") in ("model_attributes_type", "dict_type"):
+            message = "the body must be a JSON object"
+        elif first.get("type") == "missing":
+            message = "the request body is empty; send a JSON object"
+        else:
+            message = str(first["msg"])
+        return error_response(InvalidRequestError(message))
     return error_response(InvalidRequestError(f"{location}: {first['msg']}", param=location))
 
 

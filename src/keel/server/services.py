@@ -13,9 +13,9 @@ import aiohttp
 from fastapi import Request
 
 from keel import secrets
-from keel.cache import Caches, build_cache, provider_embedder
+from keel.cache import Caches, Verifier, build_cache, judge_verifier, provider_embedder
 from keel.config import Settings
-from keel.errors import ConfigError
+from keel.errors import ConfigError, KeelError
 from keel.gateway import Gateway, PriceTable
 from keel.gateway.caching import ResponseCaching
 from keel.gateway.service import Governance
@@ -71,7 +71,13 @@ async def services(request: Request) -> Services:
 
 @asynccontextmanager
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
-    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.home_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"home: cannot create {settings.home_dir}: {exc.strerror}; point home (or "
+            "KEEL_HOME) at a directory Keel may write"
+        ) from None
     # Before anything can fail and say so: configured credentials never appear in errors,
     # records or logs.
     secrets.register(settings.secret_values())
@@ -194,6 +200,7 @@ def _build_caches(settings: Settings, router: Router) -> Caches | None:
                 f"cache.semantic.embedding_model: {model!r} is not an embedding model"
             )
         embed = provider_embedder(provider, model)
+    verifier = _cache_verifier(settings, router) if wants_semantic else None
     return build_cache(
         redis_url=settings.redis_url,
         redis_prefix=f"{settings.redis_prefix}cache:",
@@ -204,7 +211,28 @@ def _build_caches(settings: Settings, router: Router) -> Caches | None:
         embed=embed,
         semantic_threshold=config.semantic.threshold,
         semantic_max_entries=config.semantic.max_entries_per_scope,
+        semantic_guard=config.semantic.guard,
+        verifier=verifier,
+        verify_band=config.semantic.verify_band,
     )
+
+
+def _cache_verifier(settings: Settings, router: Router) -> Verifier | None:
+    """The judge for the semantic cache's `verify` guard level: a chat model the gateway
+    serves, called through the router (retries and fallbacks apply)."""
+    config = settings.cache.semantic
+    wants_verify = config.guard == "verify" or any(
+        group.cache.semantic_guard == "verify" for group in router.groups()
+    )
+    if not wants_verify:
+        return None
+    if config.verify_model is None:
+        raise ConfigError("cache.semantic.verify_model: the guard level verify needs a judge model")
+    try:
+        router.resolve(config.verify_model, "chat")
+    except KeelError as exc:
+        raise ConfigError(f"cache.semantic.verify_model: {exc.message}") from exc
+    return judge_verifier(_gateway_chat(router), config.verify_model)
 
 
 def _gateway_chat(router: Router) -> Callable[[str, list[dict[str, Any]]], Awaitable[str]]:
@@ -232,6 +260,9 @@ async def _warm_up(router: Router | None, guardrails: Guardrails) -> None:
         if provider.is_local:
             try:
                 await provider.start()
+            except KeelError as exc:
+                # A missing or broken model file: one line, and /readyz says the same.
+                log.error("could not load local model: %s", exc.message)
             except Exception:
                 log.exception("could not load local model %s", provider.config.id)
     try:

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
 
+from keel.errors import ConfigError
 from keel.store.schema import request_records
 
 __all__ = ["Database", "normalize_url"]
@@ -45,7 +48,14 @@ class Database:
         return self.engine.dialect.name
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (idempotent)."""
+        """Bring the schema to the newest migration (idempotent). A database that cannot be
+        reached or used is a ConfigError naming `database_url`, in one line."""
+        try:
+            self._migrate()
+        except OperationalError as exc:
+            raise ConfigError(_unusable(make_url(self.url), exc)) from None
+
+    def _migrate(self) -> None:
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
         with self.engine.begin() as connection:
@@ -92,6 +102,33 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_MISSING_DATABASE = re.compile(r'database "([^"]+)" does not exist')
+
+
+def _unusable(url: URL, error: OperationalError) -> str:
+    """What went wrong, from the driver's first line (its FATAL line for PostgreSQL), without
+    the URL's password."""
+    if url.get_backend_name() == "sqlite":
+        return f"database_url: cannot use the SQLite database {url.database}: {error.orig}"
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    text = str(error.orig)
+    missing = _MISSING_DATABASE.search(text)
+    if missing:
+        name = missing.group(1)
+        return (
+            f'database_url: database "{name}" does not exist on {where}; create it '
+            f"(createdb {name}) or point KEEL_DATABASE_URL elsewhere"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    fatal = next((line for line in lines if "FATAL:" in line), None)
+    reason = fatal.split("FATAL:", 1)[1].strip() if fatal else (lines[0] if lines else "")
+    reason = reason.removeprefix("connection failed: ")
+    return (
+        f"database_url: cannot use the database on {where}: {reason}; check database_url "
+        "(or KEEL_DATABASE_URL)"
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

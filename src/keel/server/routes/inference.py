@@ -36,11 +36,22 @@ Handler = Callable[[Gateway, BodySource, Call], Coroutine[Any, Any, Reply]]
 # them. Every status the gateway can answer with, its own and the client errors it relays from
 # providers (a 409 or 422, say) as they came:
 _INFERENCE_ERRORS = error_responses(400, 401, 403, 404, 413, 415, 429, 500, 502, 503, 504, "4XX")
+# One server-sent event: `data` is a chunk's JSON, or `[DONE]` at the end.
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
 _STREAMED: Responses = {
     200: {
         "description": "The answer; with `stream: true`, server-sent events ending in "
         "`data: [DONE]`.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
     },
     **_INFERENCE_ERRORS,
 }

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import JSONResponse
 
+from keel import __version__
 from keel.errors import InvalidRequestError, NotFoundError
 from keel.governance.permissions import role_allows
 from keel.identity import Actor
@@ -44,7 +45,7 @@ _READY: Responses = {
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+    return {"status": "ok", "version": __version__}
 
 
 @router.get("/readyz", responses=_READY)
@@ -55,11 +56,11 @@ async def readyz(keel: Services = Depends(services)) -> JSONResponse:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
-    models = {
-        provider.config.id: "ok" if provider.ready() else "not loadable"
-        for provider in keel.router.providers
-        if provider.is_local
-    }
+    models: dict[str, str] = {}
+    for provider in keel.router.providers:
+        if provider.is_local:
+            reason = provider.unready_reason()
+            models[provider.config.id] = "ok" if reason is None else f"not loadable: {reason}"
     checks["local_models"] = models
     # The PII analyzer loads in the background at start-up; until then screening would stall.
     checks["pii_analyzer"] = "ok" if keel.guardrails.loaded else "loading"

@@ -1,0 +1,1032 @@
+"""The labelled prompt pairs the semantic cache's precision guard is measured on.
+
+Each pair is (cached prompt, new prompt, label): `hit` when the cached answer is a correct answer
+to the new prompt (a paraphrase), `miss` when it is not (a minimal contrast: one number, negation,
+direction, entity, date, identifier, quoted string, unit or target language differs). The pairs
+were written by hand, before the guard was tuned, across several domains. About a quarter of
+them, chosen by a hash of the pair (not by content), are held out: the guard was tuned without
+looking at them, and the benchmark reports both parts.
+
+    python bench/semantic_guard_pairs.py          # (re)writes tests/data/semantic_pairs.jsonl
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import orjson
+
+OUTPUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "semantic_pairs.jsonl"
+
+# (cached, new, domain)
+PARAPHRASES: list[tuple[str, str, str]] = [
+    ("How do I reset my password?", "How can I reset my password?", "support"),
+    ("How do I change my email address?", "How can I update my email address?", "support"),
+    ("How do I cancel my subscription?", "How can I cancel my subscription?", "support"),
+    ("Where can I download my invoices?", "Where do I download my invoices?", "support"),
+    ("How do I delete my account?", "How can I delete my account?", "support"),
+    (
+        "How do I enable two-factor authentication?",
+        "How can I turn on two-factor authentication?",
+        "support",
+    ),
+    ("Why was my card declined?", "Why did my card get declined?", "support"),
+    ("How long does shipping take?", "How long does shipping usually take?", "support"),
+    (
+        "Can I change my delivery address after ordering?",
+        "Is it possible to change my delivery address after ordering?",
+        "support",
+    ),
+    ("What payment methods do you accept?", "Which payment methods do you accept?", "support"),
+    ("How do I contact customer support?", "How can I contact customer support?", "support"),
+    ("Do you ship to Canada?", "Do you deliver to Canada?", "support"),
+    ("What is your return policy?", "What's your return policy?", "support"),
+    (
+        "Summarize the refund policy for orders under $100",
+        "Summarise the refund policy for orders under $100",
+        "support",
+    ),
+    (
+        "Summarize the refund policy for orders under $100",
+        "Summarize the refund policy for orders below $100",
+        "support",
+    ),
+    (
+        "Summarize the refund policy for orders over $100",
+        "Summarize the refund policy for orders above $100",
+        "support",
+    ),
+    ("Can I return an item after 30 days?", "Can I return an item after thirty days?", "support"),
+    ("How do I track my order?", "How can I track my order?", "support"),
+    (
+        "Is there a fee for international transfers?",
+        "Is there a charge for international transfers?",
+        "finance",
+    ),
+    (
+        "What is the interest rate on a savings account?",
+        "What's the interest rate on a savings account?",
+        "finance",
+    ),
+    ("How is compound interest calculated?", "How do you calculate compound interest?", "finance"),
+    (
+        "What is the difference between a Roth IRA and a traditional IRA?",
+        "What's the difference between a Roth IRA and a traditional IRA?",
+        "finance",
+    ),
+    ("Explain what an ETF is.", "Explain what an ETF is", "finance"),
+    ("What does APR mean?", "What does APR stand for?", "finance"),
+    ("How do I read a balance sheet?", "How should I read a balance sheet?", "finance"),
+    ("What is a good credit score?", "What counts as a good credit score?", "finance"),
+    ("Calculate 15% of 200", "Calculate 15 percent of 200", "math"),
+    ("What is 12 times 8?", "What is 12 multiplied by 8?", "math"),
+    ("Is 17 a prime number?", "Is 17 prime?", "math"),
+    ("What is the square root of 144?", "What's the square root of 144?", "math"),
+    ("Convert 5 kilometers to miles", "Convert 5 km to miles", "math"),
+    ("Convert 100 degrees Fahrenheit to Celsius", "Convert 100 °F to Celsius", "math"),
+    ("Give me 3 tips for better sleep", "Give me three tips for better sleep", "health"),
+    ("List 5 benefits of regular exercise", "List five benefits of regular exercise", "health"),
+    ("What is the derivative of x^2?", "What's the derivative of x^2?", "math"),
+    ("Solve 2x + 3 = 11", "Solve the equation 2x + 3 = 11", "math"),
+    ("What is the capital of France?", "What's the capital of France?", "geography"),
+    ("What is the capital of France?", "Which city is the capital of France?", "geography"),
+    ("What is the capital of Japan?", "What is Japan's capital?", "geography"),
+    ("How tall is Mount Everest?", "What is the height of Mount Everest?", "geography"),
+    ("What is the population of Canada?", "How many people live in Canada?", "geography"),
+    ("What is the longest river in Africa?", "Which is the longest river in Africa?", "geography"),
+    ("Who wrote Pride and Prejudice?", "Who is the author of Pride and Prejudice?", "trivia"),
+    ("Who painted the Mona Lisa?", "Who was the painter of the Mona Lisa?", "trivia"),
+    ("When did World War II end?", "When did the Second World War end?", "trivia"),
+    ("What year did the Berlin Wall fall?", "In what year did the Berlin Wall fall?", "trivia"),
+    ("Who discovered penicillin?", "Who was the discoverer of penicillin?", "trivia"),
+    (
+        "Write a Python function to reverse a string",
+        "Write a Python function that reverses a string",
+        "code",
+    ),
+    ("How do I sort a list in Python?", "How can I sort a list in Python?", "code"),
+    ("What does `git rebase` do?", "What does `git rebase` do exactly?", "code"),
+    (
+        "Explain the difference between `let` and `const` in JavaScript",
+        "Explain the difference between `let` and `const` in JS",
+        "code",
+    ),
+    ("How do I read a CSV file with pandas?", "How can I read a CSV file using pandas?", "code"),
+    (
+        "What does the `useEffect` hook do in React?",
+        "What is the `useEffect` hook in React for?",
+        "code",
+    ),
+    ("How do I merge two dictionaries in Python?", "How can I merge two dicts in Python?", "code"),
+    (
+        "Write a SQL query to count rows in the orders table",
+        "Write a SQL query that counts the rows in the orders table",
+        "code",
+    ),
+    (
+        "Why does my Python script raise KeyError?",
+        "Why is my Python script raising KeyError?",
+        "code",
+    ),
+    ("How do I undo the last git commit?", "How can I undo my last git commit?", "code"),
+    ("What is a race condition?", "What's a race condition?", "code"),
+    ("Explain Big O notation", "Explain Big-O notation", "code"),
+    (
+        "How do I create a virtual environment in Python?",
+        "How can I create a Python virtual environment?",
+        "code",
+    ),
+    (
+        "What is the difference between a process and a thread?",
+        "What's the difference between a process and a thread?",
+        "code",
+    ),
+    ("Translate 'good morning' into French", "Translate 'good morning' to French", "translation"),
+    ("Translate 'thank you' into Spanish", "How do you say 'thank you' in Spanish?", "translation"),
+    (
+        "Translate this sentence into German: I like apples.",
+        "Translate this sentence to German: I like apples.",
+        "translation",
+    ),
+    ("What is the French word for cat?", "What's the French word for cat?", "translation"),
+    ("How do you say hello in Japanese?", "How do I say hello in Japanese?", "translation"),
+    ("What are the symptoms of the flu?", "What are the symptoms of flu?", "health"),
+    ("How much water should I drink a day?", "How much water should I drink per day?", "health"),
+    (
+        "Is it safe to take ibuprofen with food?",
+        "Is it safe to take ibuprofen on a full stomach?",
+        "health",
+    ),
+    ("What are the side effects of caffeine?", "What side effects does caffeine have?", "health"),
+    ("How many hours of sleep do adults need?", "How much sleep do adults need?", "health"),
+    ("What is a healthy resting heart rate?", "What's a normal resting heart rate?", "health"),
+    ("How can I lower my blood pressure?", "How do I lower my blood pressure?", "health"),
+    (
+        "What documents do I need to travel to Mexico?",
+        "Which documents do I need for travel to Mexico?",
+        "travel",
+    ),
+    (
+        "What is the best time to visit Iceland?",
+        "When is the best time to visit Iceland?",
+        "travel",
+    ),
+    ("Do I need a visa to visit Japan?", "Do I need a visa for Japan?", "travel"),
+    (
+        "How early should I arrive at the airport?",
+        "How early should I get to the airport?",
+        "travel",
+    ),
+    (
+        "What can I bring in my carry-on bag?",
+        "What am I allowed to bring in my carry-on bag?",
+        "travel",
+    ),
+    ("Recommend things to do in Rome", "Recommend some things to do in Rome", "travel"),
+    (
+        "How many vacation days do employees get?",
+        "How many vacation days do employees receive?",
+        "hr",
+    ),
+    ("What is the parental leave policy?", "What's the parental leave policy?", "hr"),
+    ("How do I submit an expense report?", "How can I submit an expense report?", "hr"),
+    ("Can I work remotely on Fridays?", "Am I allowed to work remotely on Fridays?", "hr"),
+    ("When is payday?", "When do we get paid?", "hr"),
+    ("How do I request time off?", "How can I request time off?", "hr"),
+    (
+        "Who do I talk to about a payroll error?",
+        "Who should I talk to about a payroll error?",
+        "hr",
+    ),
+    ("Write a haiku about autumn", "Write a haiku about the autumn", "writing"),
+    ("Write a short poem about the ocean", "Write a short poem about the sea", "writing"),
+    ("Give me a synonym for happy", "Give me a synonym for the word happy", "writing"),
+    ("Summarize the plot of Hamlet", "Summarise the plot of Hamlet", "writing"),
+    (
+        "Write a professional email declining a meeting",
+        "Write a professional email to decline a meeting",
+        "writing",
+    ),
+    (
+        "Correct the grammar: she go to school every day",
+        "Fix the grammar: she go to school every day",
+        "writing",
+    ),
+    ("What is photosynthesis?", "What's photosynthesis?", "science"),
+    ("Why is the sky blue?", "Why does the sky look blue?", "science"),
+    ("How does a vaccine work?", "How do vaccines work?", "science"),
+    (
+        "What is the boiling point of water at sea level?",
+        "At sea level, what is the boiling point of water?",
+        "science",
+    ),
+    ("What is the speed of light?", "How fast is the speed of light?", "science"),
+    (
+        "How many bones are in the human body?",
+        "How many bones does the human body have?",
+        "science",
+    ),
+    (
+        "Explain the theory of relativity simply",
+        "Explain the theory of relativity in simple terms",
+        "science",
+    ),
+    (
+        "Don't include personal data in the report",
+        "Do not include personal data in the report",
+        "policy",
+    ),
+    (
+        "The API should not return more than 50 items",
+        "The API shouldn't return more than 50 items",
+        "code",
+    ),
+    (
+        "List the orders placed after January 5, 2024",
+        "List the orders placed after Jan 5, 2024",
+        "data",
+    ),
+    ("Show me sales for Q3 2023", "Show me the sales for Q3 2023", "data"),
+    ("What were total sales in March 2024?", "What were the total sales in March 2024?", "data"),
+    ("Count users who signed up in 2022", "Count the users who signed up in 2022", "data"),
+    ("Find customers with more than 10 orders", "Find customers with over 10 orders", "data"),
+    ("Plot revenue by month for 2023", "Plot monthly revenue for 2023", "data"),
+    ("Which products sold fewer than 20 units?", "Which products sold less than 20 units?", "data"),
+    ("What is the average order value?", "What's the average order value?", "data"),
+    ("Can you explain how DNS works?", "Could you explain how DNS works?", "code"),
+    ("Please summarize the meeting notes", "Summarize the meeting notes, please", "writing"),
+    ("What are the opening hours of the Louvre?", "When is the Louvre open?", "travel"),
+    ("Is coffee bad for your heart?", "Is coffee bad for the heart?", "health"),
+    (
+        "How do I get a refund for a late delivery?",
+        "How can I get refunded for a late delivery?",
+        "support",
+    ),
+    (
+        "What is the tallest building in the world?",
+        "Which building is the tallest in the world?",
+        "trivia",
+    ),
+    ("Explain how a hash table works", "Explain how hash tables work", "code"),
+    ("What is inflation?", "What does inflation mean?", "finance"),
+    ("How do I make a good cup of coffee?", "How can I make a good cup of coffee?", "writing"),
+    (
+        "Tell me a fun fact about octopuses",
+        "Tell me an interesting fact about octopuses",
+        "science",
+    ),
+    (
+        "What are the health benefits of green tea?",
+        "What health benefits does green tea have?",
+        "health",
+    ),
+    ("I can't log in to my account", "I cannot log in to my account", "support"),
+    ("Which is bigger, the Moon or Mercury?", "Which is larger, the Moon or Mercury?", "science"),
+    (
+        "Give me 2 examples of renewable energy",
+        "Give me two examples of renewable energy",
+        "science",
+    ),
+    (
+        "Who was the first person to walk on the Moon?",
+        "Who was the first man to walk on the Moon?",
+        "trivia",
+    ),
+]
+
+# (cached, new, class, domain): the cached answer is wrong for the new prompt.
+CONTRASTS: list[tuple[str, str, str, str]] = [
+    # numbers and quantities
+    ("Is 17 a prime number?", "Is 21 a prime number?", "numbers", "math"),
+    ("What is 12 times 8?", "What is 12 times 9?", "numbers", "math"),
+    ("Calculate 15% of 200", "Calculate 20% of 200", "numbers", "math"),
+    ("What is the square root of 144?", "What is the square root of 169?", "numbers", "math"),
+    ("Give me 3 tips for better sleep", "Give me 5 tips for better sleep", "numbers", "health"),
+    (
+        "List 5 benefits of regular exercise",
+        "List 10 benefits of regular exercise",
+        "numbers",
+        "health",
+    ),
+    (
+        "Can I return an item after 30 days?",
+        "Can I return an item after 60 days?",
+        "numbers",
+        "support",
+    ),
+    ("Solve 2x + 3 = 11", "Solve 2x + 5 = 11", "numbers", "math"),
+    (
+        "Find customers with more than 10 orders",
+        "Find customers with more than 100 orders",
+        "numbers",
+        "data",
+    ),
+    ("What is 2 to the power of 10?", "What is 2 to the power of 12?", "numbers", "math"),
+    (
+        "Write a 200-word summary of the report",
+        "Write a 500-word summary of the report",
+        "numbers",
+        "writing",
+    ),
+    (
+        "Split the bill of $84 between 3 people",
+        "Split the bill of $84 between 4 people",
+        "numbers",
+        "finance",
+    ),
+    (
+        "What is the monthly payment on a $300,000 mortgage at 6%?",
+        "What is the monthly payment on a $300,000 mortgage at 7%?",
+        "numbers",
+        "finance",
+    ),
+    ("Is 1,000 divisible by 8?", "Is 1,000 divisible by 7?", "numbers", "math"),
+    (
+        "Give me three tips for better sleep",
+        "Give me seven tips for better sleep",
+        "numbers",
+        "health",
+    ),
+    (
+        "Summarize the refund policy for orders under $100",
+        "Summarize the refund policy for orders under $50",
+        "numbers",
+        "support",
+    ),
+    (
+        "What is the sum of the first 10 primes?",
+        "What is the sum of the first 20 primes?",
+        "numbers",
+        "math",
+    ),
+    (
+        "Describe level 2 of the support escalation process",
+        "Describe level 3 of the support escalation process",
+        "numbers",
+        "support",
+    ),
+    ("How much is 0.5 BTC in dollars?", "How much is 1.5 BTC in dollars?", "numbers", "finance"),
+    (
+        "Generate 4 interview questions for a data analyst",
+        "Generate 12 interview questions for a data analyst",
+        "numbers",
+        "hr",
+    ),
+    ("What is 25% off $80?", "What is 35% off $80?", "numbers", "finance"),
+    (
+        "Explain the first 2 chapters of the book",
+        "Explain the first 3 chapters of the book",
+        "numbers",
+        "writing",
+    ),
+    # negation
+    ("Which foods contain gluten?", "Which foods do not contain gluten?", "negation", "health"),
+    (
+        "Is it safe to take ibuprofen with alcohol?",
+        "Is it not safe to take ibuprofen with alcohol?",
+        "negation",
+        "health",
+    ),
+    (
+        "List the customers who paid their invoices",
+        "List the customers who have not paid their invoices",
+        "negation",
+        "data",
+    ),
+    (
+        "Which plans include phone support?",
+        "Which plans don't include phone support?",
+        "negation",
+        "support",
+    ),
+    ("Why does my code compile?", "Why doesn't my code compile?", "negation", "code"),
+    (
+        "Write a function that returns true if the list is sorted",
+        "Write a function that returns true if the list is not sorted",
+        "negation",
+        "code",
+    ),
+    (
+        "What should I do when the printer is working?",
+        "What should I do when the printer is not working?",
+        "negation",
+        "support",
+    ),
+    (
+        "Which countries require a visa for US citizens?",
+        "Which countries don't require a visa for US citizens?",
+        "negation",
+        "travel",
+    ),
+    ("Show users who are verified", "Show users who are not verified", "negation", "data"),
+    (
+        "Can I get a refund if the item is damaged?",
+        "Can I get a refund if the item is not damaged?",
+        "negation",
+        "support",
+    ),
+    ("Which animals are mammals?", "Which animals are not mammals?", "negation", "science"),
+    ("Explain why the test passes", "Explain why the test never passes", "negation", "code"),
+    (
+        "Which employees are eligible for the bonus?",
+        "Which employees are ineligible for the bonus?",
+        "negation",
+        "hr",
+    ),
+    (
+        "Should I take the medication with food?",
+        "Should I take the medication without food?",
+        "negation",
+        "health",
+    ),
+    (
+        "List the features that are supported on mobile",
+        "List the features that are unsupported on mobile",
+        "negation",
+        "code",
+    ),
+    ("Which metals are magnetic?", "Which metals are non-magnetic?", "negation", "science"),
+    ("Write a sentence with a comma", "Write a sentence with no comma", "negation", "writing"),
+    ("Which expenses are reimbursable?", "Which expenses are not reimbursable?", "negation", "hr"),
+    (
+        "I want emails about promotions",
+        "I don't want emails about promotions",
+        "negation",
+        "support",
+    ),
+    ("Is the museum open on Mondays?", "Is the museum closed on Mondays?", "negation", "travel"),
+    ("Does the hotel allow pets?", "Does the hotel never allow pets?", "negation", "travel"),
+    # comparatives, antonyms, direction
+    (
+        "Summarize the refund policy for orders over $100",
+        "Summarize the refund policy for orders under $100",
+        "antonyms",
+        "support",
+    ),
+    (
+        "Find customers with more than 10 orders",
+        "Find customers with fewer than 10 orders",
+        "antonyms",
+        "data",
+    ),
+    (
+        "List the orders placed before January 5, 2024",
+        "List the orders placed after January 5, 2024",
+        "antonyms",
+        "data",
+    ),
+    ("Convert Celsius to Fahrenheit", "Convert Fahrenheit to Celsius", "antonyms", "math"),
+    (
+        "Translate this from English to Spanish: good night",
+        "Translate this from Spanish to English: good night",
+        "antonyms",
+        "translation",
+    ),
+    (
+        "Include archived projects in the report",
+        "Exclude archived projects from the report",
+        "antonyms",
+        "data",
+    ),
+    ("How do I increase the font size?", "How do I decrease the font size?", "antonyms", "support"),
+    (
+        "What are the advantages of remote work?",
+        "What are the disadvantages of remote work?",
+        "antonyms",
+        "hr",
+    ),
+    ("Sort the list in ascending order", "Sort the list in descending order", "antonyms", "code"),
+    ("Which is the largest planet?", "Which is the smallest planet?", "antonyms", "science"),
+    (
+        "What is the maximum withdrawal limit?",
+        "What is the minimum withdrawal limit?",
+        "antonyms",
+        "finance",
+    ),
+    ("How do I upgrade my plan?", "How do I downgrade my plan?", "antonyms", "support"),
+    (
+        "What are the pros of nuclear energy?",
+        "What are the cons of nuclear energy?",
+        "antonyms",
+        "science",
+    ),
+    ("Show the highest paid employees", "Show the lowest paid employees", "antonyms", "hr"),
+    ("How do I encrypt a file with gpg?", "How do I decrypt a file with gpg?", "antonyms", "code"),
+    (
+        "What happens to bond prices when rates rise?",
+        "What happens to bond prices when rates fall?",
+        "antonyms",
+        "finance",
+    ),
+    ("How do I enable dark mode?", "How do I disable dark mode?", "antonyms", "support"),
+    ("Convert miles to kilometers", "Convert kilometers to miles", "antonyms", "math"),
+    (
+        "Which stocks gained the most today?",
+        "Which stocks lost the most today?",
+        "antonyms",
+        "finance",
+    ),
+    (
+        "What should I eat before a workout?",
+        "What should I eat after a workout?",
+        "antonyms",
+        "health",
+    ),
+    ("Is Python faster than Java?", "Is Python slower than Java?", "antonyms", "code"),
+    (
+        "How do I import contacts into Outlook?",
+        "How do I export contacts from Outlook?",
+        "antonyms",
+        "support",
+    ),
+    ("Add the user to the admin group", "Remove the user from the admin group", "antonyms", "code"),
+    (
+        "Write a function to compress a string",
+        "Write a function to decompress a string",
+        "antonyms",
+        "code",
+    ),
+    # named entities
+    ("What is the capital of France?", "What is the capital of Germany?", "entities", "geography"),
+    (
+        "What is the population of Canada?",
+        "What is the population of Australia?",
+        "entities",
+        "geography",
+    ),
+    ("Who wrote Pride and Prejudice?", "Who wrote Sense and Sensibility?", "entities", "trivia"),
+    ("Do I need a visa to visit Japan?", "Do I need a visa to visit China?", "entities", "travel"),
+    (
+        "What is the best time to visit Iceland?",
+        "What is the best time to visit Norway?",
+        "entities",
+        "travel",
+    ),
+    (
+        "How do I read a CSV file with pandas?",
+        "How do I read a CSV file with polars?",
+        "entities",
+        "code",
+    ),
+    (
+        "What is the difference between AWS and Azure?",
+        "What is the difference between AWS and GCP?",
+        "entities",
+        "code",
+    ),
+    ("Recommend things to do in Rome", "Recommend things to do in Paris", "entities", "travel"),
+    ("Who painted the Mona Lisa?", "Who painted the Starry Night?", "entities", "trivia"),
+    (
+        "What is the stock price of Apple?",
+        "What is the stock price of Microsoft?",
+        "entities",
+        "finance",
+    ),
+    (
+        "Summarize the latest earnings report from Tesla",
+        "Summarize the latest earnings report from Ford",
+        "entities",
+        "finance",
+    ),
+    ("How tall is Mount Everest?", "How tall is Mount Kilimanjaro?", "entities", "geography"),
+    (
+        "What are the opening hours of the Louvre?",
+        "What are the opening hours of the Prado?",
+        "entities",
+        "travel",
+    ),
+    ("Who is the CEO of Google?", "Who is the CEO of Amazon?", "entities", "trivia"),
+    (
+        "What is the longest river in Africa?",
+        "What is the longest river in Asia?",
+        "entities",
+        "geography",
+    ),
+    (
+        "Compare the iPhone 15 with the Pixel 8",
+        "Compare the iPhone 15 with the Galaxy S24",
+        "entities",
+        "trivia",
+    ),
+    (
+        "Give me a summary of the Treaty of Versailles",
+        "Give me a summary of the Treaty of Paris",
+        "entities",
+        "trivia",
+    ),
+    ("What time zone is Chicago in?", "What time zone is Denver in?", "entities", "geography"),
+    (
+        "Write a cover letter for a job at Netflix",
+        "Write a cover letter for a job at Spotify",
+        "entities",
+        "writing",
+    ),
+    (
+        "What does Maria Lopez do in the sales team?",
+        "What does Maria Chen do in the sales team?",
+        "entities",
+        "hr",
+    ),
+    (
+        "Explain how Kubernetes handles scaling",
+        "Explain how Nomad handles scaling",
+        "entities",
+        "code",
+    ),
+    (
+        "What is the weather like in Seattle in winter?",
+        "What is the weather like in Phoenix in winter?",
+        "entities",
+        "travel",
+    ),
+    (
+        "How do I install PostgreSQL on Ubuntu?",
+        "How do I install PostgreSQL on Fedora?",
+        "entities",
+        "code",
+    ),
+    # dates and times
+    (
+        "What were total sales in March 2024?",
+        "What were total sales in April 2024?",
+        "dates",
+        "data",
+    ),
+    ("Show me sales for Q3 2023", "Show me sales for Q4 2023", "dates", "data"),
+    ("Count users who signed up in 2022", "Count users who signed up in 2021", "dates", "data"),
+    (
+        "List the orders placed after January 5, 2024",
+        "List the orders placed after January 15, 2024",
+        "dates",
+        "data",
+    ),
+    ("What happened on July 20, 1969?", "What happened on July 4, 1776?", "dates", "trivia"),
+    ("Is the office open on Monday?", "Is the office open on Saturday?", "dates", "hr"),
+    (
+        "Schedule the meeting for 3pm tomorrow",
+        "Schedule the meeting for 4pm tomorrow",
+        "dates",
+        "hr",
+    ),
+    (
+        "What is the deadline for taxes in 2024?",
+        "What is the deadline for taxes in 2025?",
+        "dates",
+        "finance",
+    ),
+    ("Plot revenue by month for 2023", "Plot revenue by month for 2019", "dates", "data"),
+    ("Book a table for Friday at 7", "Book a table for Saturday at 7", "dates", "travel"),
+    (
+        "What is the weather forecast for today?",
+        "What is the weather forecast for tomorrow?",
+        "dates",
+        "travel",
+    ),
+    ("Summarize the news from last week", "Summarize the news from last month", "dates", "writing"),
+    (
+        "What events are planned for December?",
+        "What events are planned for November?",
+        "dates",
+        "hr",
+    ),
+    ("Who won the World Cup in 2018?", "Who won the World Cup in 2022?", "dates", "trivia"),
+    ("List invoices due on 2024-06-30", "List invoices due on 2024-07-31", "dates", "finance"),
+    (
+        "What was the inflation rate in the 1970s?",
+        "What was the inflation rate in the 1980s?",
+        "dates",
+        "finance",
+    ),
+    (
+        "Show the support tickets opened this morning",
+        "Show the support tickets opened this evening",
+        "dates",
+        "support",
+    ),
+    (
+        "Generate the weekly report for week 12",
+        "Generate the weekly report for week 13",
+        "dates",
+        "data",
+    ),
+    (
+        "What is the history of the 19th century railways?",
+        "What is the history of the 20th century railways?",
+        "dates",
+        "trivia",
+    ),
+    # code identifiers
+    (
+        "What does the `useEffect` hook do in React?",
+        "What does the `useMemo` hook do in React?",
+        "code",
+        "code",
+    ),
+    (
+        "Explain the difference between `let` and `const` in JavaScript",
+        "Explain the difference between `let` and `var` in JavaScript",
+        "code",
+        "code",
+    ),
+    ("What does `git rebase` do?", "What does `git merge` do?", "code", "code"),
+    (
+        "Why does my Python script raise KeyError?",
+        "Why does my Python script raise IndexError?",
+        "code",
+        "code",
+    ),
+    ("What does os.path.join do?", "What does os.path.split do?", "code", "code"),
+    ("Explain the SQL LEFT JOIN", "Explain the SQL RIGHT JOIN", "code", "code"),
+    ("How do I use Array.prototype.map?", "How do I use Array.prototype.filter?", "code", "code"),
+    (
+        "What is the time complexity of list.append in Python?",
+        "What is the time complexity of list.insert in Python?",
+        "code",
+        "code",
+    ),
+    ("Fix the bug in get_user_by_id", "Fix the bug in get_user_by_email", "code", "code"),
+    ("What does HTTP status 404 mean?", "What does HTTP status 403 mean?", "code", "code"),
+    ("How do I use std::vector in C++?", "How do I use std::map in C++?", "code", "code"),
+    ("What does the -r flag do in cp?", "What does the -f flag do in cp?", "code", "code"),
+    (
+        "Explain what __init__ does in a Python class",
+        "Explain what __repr__ does in a Python class",
+        "code",
+        "code",
+    ),
+    (
+        "Why is my useState update not rendering?",
+        "Why is my useReducer update not rendering?",
+        "code",
+        "code",
+    ),
+    (
+        "How do I configure max_connections in PostgreSQL?",
+        "How do I configure shared_buffers in PostgreSQL?",
+        "code",
+        "code",
+    ),
+    ("What does chmod 755 do?", "What does chmod 644 do?", "code", "code"),
+    ("Explain the GROUP BY clause", "Explain the ORDER BY clause", "code", "code"),
+    (
+        "What is the difference between == and === in JavaScript?",
+        "What is the difference between != and !== in JavaScript?",
+        "code",
+        "code",
+    ),
+    (
+        "How do I call fetchUserProfile from the dashboard?",
+        "How do I call fetchUserSettings from the dashboard?",
+        "code",
+        "code",
+    ),
+    (
+        "What does the KEEL_HOME variable control?",
+        "What does the KEEL_LOG_LEVEL variable control?",
+        "code",
+        "code",
+    ),
+    # quoted strings
+    (
+        "Translate 'good morning' into French",
+        "Translate 'good night' into French",
+        "quoted",
+        "translation",
+    ),
+    (
+        'What does the word "ephemeral" mean?',
+        'What does the word "ethereal" mean?',
+        "quoted",
+        "writing",
+    ),
+    (
+        "Correct the grammar: she go to school every day",
+        "Correct the grammar: they goes to school every day",
+        "quoted",
+        "writing",
+    ),
+    ('Is "irregardless" a real word?', 'Is "anyways" a real word?', "quoted", "writing"),
+    ("Count the vowels in 'banana'", "Count the vowels in 'pineapple'", "quoted", "code"),
+    ('Reverse the string "hello world"', 'Reverse the string "hello there"', "quoted", "code"),
+    (
+        "What is the sentiment of: 'The service was great'?",
+        "What is the sentiment of: 'The service was slow'?",
+        "quoted",
+        "writing",
+    ),
+    (
+        "Spell-check this: 'recieve the package'",
+        "Spell-check this: 'deliver the package'",
+        "quoted",
+        "writing",
+    ),
+    (
+        'Write a tagline for the product "SwiftPay"',
+        'Write a tagline for the product "QuickPay"',
+        "quoted",
+        "writing",
+    ),
+    ("Give me a synonym for 'happy'", "Give me a synonym for 'glad'", "quoted", "writing"),
+    ("Is 'racecar' a palindrome?", "Is 'racecars' a palindrome?", "quoted", "code"),
+    ("Parse the date string '2024-01-05'", "Parse the date string '05/01/2024'", "quoted", "code"),
+    (
+        "Explain the error message 'connection refused'",
+        "Explain the error message 'connection reset'",
+        "quoted",
+        "code",
+    ),
+    (
+        'Translate "Where is the station?" into German',
+        'Translate "Where is the hotel?" into German',
+        "quoted",
+        "translation",
+    ),
+    (
+        'Classify this review: "I loved it"',
+        'Classify this review: "I hated it"',
+        "quoted",
+        "writing",
+    ),
+    ("What rhymes with 'orange'?", "What rhymes with 'purple'?", "quoted", "writing"),
+    (
+        "Summarize this: 'The meeting moved to Tuesday.'",
+        "Summarize this: 'The meeting was cancelled.'",
+        "quoted",
+        "writing",
+    ),
+    (
+        "Detect the language of 'gracias'",
+        "Detect the language of 'grazie'",
+        "quoted",
+        "translation",
+    ),
+    # units
+    ("Convert 5 kilometers to miles", "Convert 5 kilometers to feet", "units", "math"),
+    (
+        "Convert 100 degrees Fahrenheit to Celsius",
+        "Convert 100 degrees Fahrenheit to Kelvin",
+        "units",
+        "math",
+    ),
+    ("How many grams are in a pound?", "How many grams are in an ounce?", "units", "math"),
+    (
+        "How many calories are in 100 grams of rice?",
+        "How many calories are in 100 ounces of rice?",
+        "units",
+        "health",
+    ),
+    (
+        "How long does it take to walk 5 km?",
+        "How long does it take to walk 5 miles?",
+        "units",
+        "travel",
+    ),
+    ("What is 1 GB in MB?", "What is 1 TB in MB?", "units", "code"),
+    ("Convert 10 liters to gallons", "Convert 10 liters to quarts", "units", "math"),
+    ("How much is 50 euros in dollars?", "How much is 50 pounds in dollars?", "units", "finance"),
+    (
+        "Is 30 minutes of exercise a day enough?",
+        "Is 30 seconds of exercise a day enough?",
+        "units",
+        "health",
+    ),
+    (
+        "What is the speed of sound in meters per second?",
+        "What is the speed of sound in miles per hour?",
+        "units",
+        "science",
+    ),
+    (
+        "A car travels 60 mph for 2 hours; how far does it go?",
+        "A car travels 60 km/h for 2 hours; how far does it go?",
+        "units",
+        "math",
+    ),
+    ("Set the timeout to 30 seconds", "Set the timeout to 30 milliseconds", "units", "code"),
+    ("How many cups are in a liter?", "How many cups are in a quart?", "units", "math"),
+    ("Convert 2 hours to minutes", "Convert 2 days to minutes", "units", "math"),
+    (
+        "How much does 1 kg of apples cost?",
+        "How much does 1 lb of apples cost?",
+        "units",
+        "support",
+    ),
+    ("Price the plan at 10 USD per month", "Price the plan at 10 USD per year", "units", "finance"),
+    (
+        "What is a normal body temperature in Celsius?",
+        "What is a normal body temperature in Fahrenheit?",
+        "units",
+        "health",
+    ),
+    ("How many inches are in a foot?", "How many inches are in a yard?", "units", "math"),
+    # language targets
+    (
+        "Translate 'good morning' into French",
+        "Translate 'good morning' into Spanish",
+        "language",
+        "translation",
+    ),
+    (
+        "Translate 'thank you' into Spanish",
+        "Translate 'thank you' into Italian",
+        "language",
+        "translation",
+    ),
+    (
+        "Translate this sentence into German: I like apples.",
+        "Translate this sentence into Dutch: I like apples.",
+        "language",
+        "translation",
+    ),
+    (
+        "What is the French word for cat?",
+        "What is the Spanish word for cat?",
+        "language",
+        "translation",
+    ),
+    (
+        "How do you say hello in Japanese?",
+        "How do you say hello in Korean?",
+        "language",
+        "translation",
+    ),
+    (
+        "Write a Python function to reverse a string",
+        "Write a JavaScript function to reverse a string",
+        "language",
+        "code",
+    ),
+    ("How do I sort a list in Python?", "How do I sort a list in Ruby?", "language", "code"),
+    ("Write the README in English", "Write the README in Portuguese", "language", "writing"),
+    ("Reply to the customer in French", "Reply to the customer in German", "language", "support"),
+    (
+        "Translate the menu into Chinese",
+        "Translate the menu into Japanese",
+        "language",
+        "translation",
+    ),
+    ("How do I read a file in Go?", "How do I read a file in Rust?", "language", "code"),
+    ("Write a hello world program in C", "Write a hello world program in Java", "language", "code"),
+    (
+        "Explain recursion with an example in Haskell",
+        "Explain recursion with an example in Scala",
+        "language",
+        "code",
+    ),
+    (
+        "Translate the error message into Russian",
+        "Translate the error message into Polish",
+        "language",
+        "translation",
+    ),
+    (
+        "Summarize this article in Spanish",
+        "Summarize this article in English",
+        "language",
+        "writing",
+    ),
+    (
+        "Write a SQL query to count rows in the orders table",
+        "Write a MongoDB query to count rows in the orders table",
+        "language",
+        "code",
+    ),
+    ("Say good night in Italian", "Say good night in Greek", "language", "translation"),
+    (
+        "Convert this Python loop to TypeScript",
+        "Convert this Python loop to Kotlin",
+        "language",
+        "code",
+    ),
+]
+
+
+def _split(cached: str, new: str) -> str:
+    digest = hashlib.sha256(f"{cached}\0{new}".encode()).digest()
+    return "heldout" if digest[0] % 4 == 0 else "tune"
+
+
+def pairs() -> list[dict[str, str]]:
+    rows = [
+        {"domain": domain, "kind": "paraphrase", "label": "hit", "cached": a, "new": b}
+        for a, b, domain in PARAPHRASES
+    ]
+    rows += [
+        {"domain": domain, "kind": kind, "label": "miss", "cached": a, "new": b}
+        for a, b, kind, domain in CONTRASTS
+    ]
+    for row in rows:
+        row["split"] = _split(row["cached"], row["new"])
+    return rows
+
+
+def main() -> None:
+    rows = pairs()
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    print(f"{len(rows)} pairs written to {OUTPUT}")
+
+
+if __name__ == "__main__":
+    main()
