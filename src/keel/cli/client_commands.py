@@ -14,7 +14,7 @@ from keel import __version__
 from keel.cli.output import console, reported_errors
 from keel.sdk import Keel
 
-__all__ = ["chat", "deployments", "embed", "models", "requests", "version"]
+__all__ = ["cache", "chat", "deployments", "embed", "models", "requests", "version"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # A question asked from a terminal wants an answer, not a model running to the end of its
@@ -153,6 +153,36 @@ def deployments(
             str(row["in_flight"]),
             f"{row['successes']}/{row['failures']}",
         )
+    console.print(table)
+
+
+def cache(
+    url: str | None = UrlOption,
+    api_key: str | None = KeyOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show the response caches' sizes, hits and misses, and the precision guard's refusals."""
+    with _client(url, api_key) as client:
+        stats = client.cache_stats()
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+        return
+    if not stats["enabled"]:
+        typer.echo("the response cache is off (cache.enabled: false)")
+        return
+    table = Table("cache", "figure", "count")
+    for name, value in stats["exact"].items():
+        table.add_row("exact", name, str(value))
+    semantic = stats["semantic"]
+    if semantic is None:
+        table.add_row("semantic", "off", "")
+    else:
+        for name, value in semantic.items():
+            if name == "refused":
+                for reason, count in sorted(value.items()):
+                    table.add_row("semantic", f"refused: {reason}", str(count))
+            else:
+                table.add_row("semantic", name, str(value))
     console.print(table)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from keel.cache import (
@@ -107,6 +107,20 @@ class ResponseCaching:
                     plan.group.id, plan.request, response, scope=plan.scope, ttl_s=ttl_s
                 )
             )
+
+    def stats(self) -> dict[str, Any]:
+        """What this replica's caches have done since it started: the exact cache's entries in
+        memory, hits and stores, and the semantic cache's hits, misses and the candidates its
+        precision guard refused, by reason."""
+        if self._caches is None:
+            return {"enabled": False, "exact": None, "semantic": None}
+        exact = self._caches.exact
+        semantic = self._caches.semantic
+        return {
+            "enabled": True,
+            "exact": {"entries_in_memory": len(exact), **asdict(exact.stats)},
+            "semantic": None if semantic is None else asdict(semantic.stats),
+        }
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(work)

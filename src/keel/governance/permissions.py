@@ -80,6 +80,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("GET", "/v1/models/{model_id:path}"): "models.read",
     # operations
     ("GET", "/v1/keel/deployments"): "deployments.read",
+    ("GET", "/v1/keel/cache"): "deployments.read",
     ("GET", "/v1/keel/requests"): "requests.read",
     ("GET", "/v1/keel/requests/{request_id}"): "requests.read",
     # registry

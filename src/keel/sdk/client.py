@@ -109,6 +109,10 @@ class Keel:
     def ready(self) -> dict[str, Any]:
         return self._request("GET", "/readyz", allow_status=(503,))
 
+    def cache_stats(self) -> dict[str, Any]:
+        """`GET /v1/keel/cache`: the server's cache sizes, hits, misses and guard refusals."""
+        return self._request("GET", "/v1/keel/cache")
+
     def deployments(self) -> list[dict[str, Any]]:
         """Each deployment's group, circuit state, latency and load, as this server sees them."""
         data: list[dict[str, Any]] = self._request("GET", "/v1/keel/deployments")["data"]

@@ -75,6 +75,12 @@ async def readyz(keel: Services = Depends(services)) -> JSONResponse:
     )
 
 
+@router.get("/v1/keel/cache", responses=_GUARDED)
+async def cache_stats(keel: Services = Depends(services)) -> dict[str, Any]:
+    """This replica's response caches: sizes, hits, misses and the precision guard's refusals."""
+    return keel.gateway.caching.stats()
+
+
 @router.get("/v1/keel/deployments", responses=_GUARDED)
 async def list_deployments(keel: Services = Depends(services)) -> dict[str, Any]:
     """Every deployment with its group, circuit state, latency, load and capacity."""
