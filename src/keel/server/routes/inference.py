@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -96,45 +96,48 @@ async def _serve(request: Request, endpoint: str, path: str, handler: Handler) -
 class _DisconnectWatch:
     """Stops the work of a client that went away before its answer began.
 
-    The call runs in a task of its own. Once the body is read, the only message the server can
-    still deliver is the disconnect, so a second task waits for it and cancels the call, its
-    attempts and retries with it; the gateway records the call as 499. A stream's watch ends
-    with its first chunk, where the streaming response takes over listening.
+    Once the body is read, the only message the server can still deliver is the disconnect, so
+    a task waits for it and cancels the request's own task: the call's attempts and retries stop
+    where they are, and the gateway records the call as 499. A stream's watch ends with its
+    first chunk, where the streaming response takes over listening.
     """
 
-    __slots__ = ("_disconnected", "_request", "_watcher", "_work")
+    __slots__ = ("_disconnected", "_request", "_watcher")
 
     def __init__(self, request: Request) -> None:
         self._request = request
         self._watcher: asyncio.Task[None] | None = None
-        self._work: asyncio.Task[Reply] | None = None
         self._disconnected = False
 
     def reading(self, limit: int) -> BodySource:
         async def body() -> bytes:
             data = await read_body(self._request, limit)
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+            work = asyncio.current_task()
+            if work is not None:
+                self._watcher = asyncio.get_running_loop().create_task(self._watch(work))
             return data
 
         return body
 
-    async def _watch(self) -> None:
+    async def _watch(self, work: asyncio.Task[Any]) -> None:
         while (await self._request.receive())["type"] != "http.disconnect":
             pass
         self._disconnected = True
-        if self._work is not None:
-            self._work.cancel()
+        work.cancel()
 
-    async def run(self, work: Coroutine[Any, Any, Reply]) -> Reply | None:
-        self._work = asyncio.get_running_loop().create_task(work)
+    async def run(self, work: Awaitable[Reply]) -> Reply | None:
         try:
-            return await self._work
+            return await work
         except asyncio.CancelledError:
             this = asyncio.current_task()
-            if self._disconnected and this is not None and not this.cancelling():
+            # Ours alone: a server shutting down cancels too, and that must go on.
+            if self._disconnected and this is not None and this.cancelling() == 1:
+                this.uncancel()
                 return None
             raise
         finally:
+            # Nothing awaits between the work's end and here, so the watcher cannot have
+            # cancelled a request that already has its answer.
             if self._watcher is not None:
                 self._watcher.cancel()
 
