@@ -90,7 +90,9 @@ async def test_key_rpm_and_team_tokens_are_enforced_and_settled(
     extra = {"redis_url": REDIS_URL} if redis else {}
     async with running_app(_settings(tmp_path, fake_openai_url, **extra)) as (app, client):
         team = f"t-{uuid.uuid4().hex[:8]}"
-        app.state.keel.directory.create_team(team, limits={"tokens_per_day": 1000})
+        # Room for both calls' reservations (prompt plus `quotas.default_output_tokens`) even
+        # before the first one settles: settlement runs off the request path.
+        app.state.keel.directory.create_team(team, limits={"tokens_per_day": 5000})
         key = await _key(app, team=team, limits={"rpm": 2})
         for _ in range(2):
             assert (
