@@ -134,6 +134,8 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     gateway = Gateway(
         router, recorder, prices, caching=caching, registry=registry_view, governance=governance
     )
+    # Again, now that every module the services use is imported and has its logger.
+    secrets.guard_loggers()
     running = Services(
         settings,
         database,
