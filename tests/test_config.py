@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from keel.cli import app
-from keel.config import load_settings
+from keel.config_loading import load_settings
 from keel.errors import ConfigError
 from keel.server import create_app
 

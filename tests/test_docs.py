@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel
 
 import keel.errors
-from keel.config import DeploymentConfig, PriceConfig, Settings, load_settings
+from keel.config import DeploymentConfig, PriceConfig, Settings
+from keel.config_loading import load_settings
 from keel.providers import load_provider_class, provider_names
 from keel.server import create_app
 
@@ -83,7 +84,7 @@ def test_every_settings_field_is_documented() -> None:
 
 
 def test_every_environment_variable_is_documented() -> None:
-    from keel.config import _Environment
+    from keel.config_loading import _Environment
 
     page = _read("configuration.md")
     names = [f"KEEL_{name.upper()}" for name in _Environment.model_fields]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from keel.cli.app import app
 from keel.cli.governance_shared import limits_text
 from keel.cli.output import number
-from keel.config import load_settings
+from keel.config_loading import load_settings
 from keel.errors import ConfigError
 from keel.server import create_app
 from tests.conftest import remote_settings, running_app

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from keel.config import load_settings
+from keel.config_loading import load_settings
 from keel.errors import ConfigError
 from keel.gateway import Call
 from tests.conftest import flushed_records, remote_settings, running_app

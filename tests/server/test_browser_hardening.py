@@ -15,7 +15,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from keel.config import load_settings
+from keel.config_loading import load_settings
 from keel.errors import ConfigError
 from keel.sdk import Keel
 from keel.server import create_app

@@ -13,7 +13,8 @@ import httpx
 import openai
 import pytest
 
-from keel.config import DeploymentConfig, load_settings
+from keel.config import DeploymentConfig
+from keel.config_loading import load_settings
 from tests.conftest import flushed_records, remote_settings, running_app
 from tests.fakes.openai import ErrorReply, FakeOpenAI, StreamError
 from tests.routing.test_resilience import chat, keel_with, priority_group

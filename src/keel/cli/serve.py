@@ -39,7 +39,7 @@ def serve(
     """Start the Keel server."""
     import uvicorn
 
-    from keel.config import load_settings
+    from keel.config_loading import load_settings
     from keel.server import create_app
 
     try:
