@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,31 +20,10 @@ import pytest
 
 from keel import __version__
 from keel.sdk import Keel, KeelAPIError
+from tests.fakes.server import free_port, wait_ready
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, process: subprocess.Popen[str], *, timeout_s: float) -> None:
-    """Until `keel serve` answers /readyz with 200; its output in the error if it never does."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"keel serve did not become ready:\n{process.communicate()[0]}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

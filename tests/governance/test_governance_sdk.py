@@ -3,51 +3,27 @@ requires authentication: keys are created, used, rotated and revoked for real.""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from keel.config import Settings
 from keel.sdk import Keel, KeelAPIError
 from keel.sdk.governance import UNSET, GovernanceAPI
 from keel.server import create_app
 from tests.conftest import remote_settings
+from tests.fakes.server import serve_on_loopback
 
 ADMIN_KEY = "keel-test-admin-key-0123456789abcdef"
 
 
-@contextmanager
-def serve_keel(settings: Settings) -> Iterator[str]:
+def serve_keel(settings: Settings) -> AbstractContextManager[str]:
     """The whole Keel app, lifespan included, as a real HTTP server on 127.0.0.1."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings), log_level="warning", lifespan="on", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("Keel did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    return serve_on_loopback(create_app(settings), lifespan="on")
 
 
 def keel_settings(home: Path, models: list[dict[str, Any]] | None = None) -> Settings:

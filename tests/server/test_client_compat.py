@@ -4,11 +4,9 @@ over the bundled local model."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,7 +14,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
@@ -25,6 +22,7 @@ from keel.config import Settings
 from keel.server import create_app
 from tests.conftest import remote_settings
 from tests.fakes.openai import FakeOpenAI, Reply
+from tests.fakes.server import serve_on_loopback
 
 # LiteLLM's own pydantic models warn about their TypedDicts; nothing Keel can act on.
 pytestmark = pytest.mark.filterwarnings("ignore:Item .* is using the `ReadOnly` qualifier")
@@ -33,28 +31,9 @@ UPSTREAM = "gpt-4o-mini"
 LOCAL = "smollm2-135m-instruct"
 
 
-@contextmanager
-def keel_on_loopback(settings: Settings) -> Iterator[str]:
+def keel_on_loopback(settings: Settings) -> AbstractContextManager[str]:
     """Keel's app, lifespan included, served by uvicorn on a loopback port; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("keel did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    return serve_on_loopback(create_app(settings), lifespan="on")
 
 
 @pytest.fixture(scope="module")
