@@ -107,11 +107,10 @@ def error_for_status(
     detail = find_message(body) if body is not None else None
     if detail is None:
         detail = raw_body.decode("utf-8", "replace").strip() or "no error body"
+    # Some servers repeat what they were sent. Blanked before the cut, so that no part of a
+    # secret survives at the edge of it.
     secrets.register(credentials)
-    for secret in credentials:
-        # Some servers repeat the key they refused; it must not travel on to clients or logs.
-        detail = detail.replace(secret, "[redacted]")
-    detail = detail[:1000]
+    detail = secrets.redact(detail)[:1000]
     message = f"{provider} returned HTTP {status}: {detail}"
     lowered = detail.lower()
     relayed = dict(headers or {})
@@ -171,18 +170,9 @@ def _kept(fields: dict[str, Any], *without: str) -> dict[str, Any]:
 
 def credentials_in(headers: dict[str, str]) -> list[str]:
     """The values a request carries in its headers that may be secrets: every configured
-    header is treated as one (with and without a scheme), not only the well-known names."""
-    found = []
-    for name, value in headers.items():
-        if name.lower() in _PUBLIC_HEADERS:
-            continue
-        found.append(value)
-        _, _, token = value.partition(" ")
-        if token:
-            found.append(token)
-    return sorted(
-        (value for value in found if len(value) >= secrets.MIN_SECRET_LENGTH), key=len, reverse=True
-    )
+    header is treated as one, not only the well-known names (`keel.secrets` also takes a
+    value without its scheme, and leaves out values too short to be credentials)."""
+    return [value for name, value in headers.items() if name.lower() not in _PUBLIC_HEADERS]
 
 
 def _error_code(body: Any) -> str | None:
