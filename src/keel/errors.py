@@ -24,6 +24,7 @@
         ├── UpstreamAuthError            the provider refused Keel's credentials
         ├── UpstreamBadResponseError     the provider answered with something unusable
         ├── UpstreamUnavailableError (503)
+        │   └── ModelNotLoadableError    code=model_not_loadable; a local model file
         └── UpstreamTimeoutError (504)
 
 Upstream errors that are about the client's request (a 400 from the provider) are raised as
@@ -47,6 +48,7 @@ __all__ = [
     "InvalidRequestError",
     "KeelError",
     "ModelNotFoundError",
+    "ModelNotLoadableError",
     "NotFoundError",
     "PermissionDeniedError",
     "QuotaExceededError",
@@ -69,6 +71,9 @@ class KeelError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     default_code: str | None = None
+    # The deployment that raised it will fail the same way again (a refused key, a model
+    # file that is not there): routing does not try it again for the same request.
+    repeats: bool = False
 
     def __init__(
         self,
@@ -212,6 +217,7 @@ class UpstreamConnectionError(UpstreamError):
 
 class UpstreamAuthError(UpstreamError):
     default_code = "upstream_authentication_failed"
+    repeats = True
 
 
 class UpstreamBadResponseError(UpstreamError):
@@ -221,6 +227,13 @@ class UpstreamBadResponseError(UpstreamError):
 class UpstreamUnavailableError(UpstreamError):
     status_code = 503
     default_code = "upstream_unavailable"
+
+
+class ModelNotLoadableError(UpstreamUnavailableError):
+    """A local model's file is missing or cannot be loaded."""
+
+    default_code = "model_not_loadable"
+    repeats = True
 
 
 class UpstreamTimeoutError(UpstreamError):

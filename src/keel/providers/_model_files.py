@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keel.errors import UpstreamUnavailableError
+from keel.errors import ModelNotLoadableError
 
-__all__ = ["MODEL_NOT_LOADABLE", "LoadFailure", "model_not_loadable"]
-
-MODEL_NOT_LOADABLE = "model_not_loadable"
+__all__ = ["LoadFailure", "model_not_loadable"]
 
 
-def model_not_loadable(model_id: str, reason: str) -> UpstreamUnavailableError:
-    return UpstreamUnavailableError(f"model {model_id!r}: {reason}", code=MODEL_NOT_LOADABLE)
+def model_not_loadable(model_id: str, reason: str) -> ModelNotLoadableError:
+    return ModelNotLoadableError(f"model {model_id!r}: {reason}")
 
 
 class LoadFailure:

@@ -6,8 +6,8 @@ The rules, in order of precedence:
 - a deployment failure (429, 5xx, timeouts, connection errors, unusable responses; which of
   these count is `retry.retry_on`) is reported to the deployment's circuit breaker, then the next
   attempt goes to an untried deployment at once, or — when every deployment was tried — to a
-  retry after exponential backoff with full jitter; a deployment whose key was refused is never
-  retried;
+  retry after exponential backoff with full jitter; a deployment whose error `repeats` (a
+  refused key, a model file that cannot load) is not tried again;
 - a 429 is back-pressure, not failure: the deployment sits out its Retry-After without its
   circuit moving, the next attempt goes elsewhere, and when nothing else can serve, the request
   waits for it only up to `retry.rate_limit_wait_s`, else the 429 and its Retry-After go back;
@@ -45,7 +45,6 @@ from keel.errors import (
     UpstreamUnavailableError,
 )
 from keel.providers import Provider
-from keel.providers._model_files import MODEL_NOT_LOADABLE
 from keel.routing.group import Deployment, ModelGroup
 
 __all__ = ["AttemptTrace", "execute"]
@@ -160,14 +159,14 @@ async def _run_group(
     regions: frozenset[str] | None,
 ) -> T:
     tried: list[str] = []
-    # The same key fails the same way: never retried. Out-of-region deployments never run.
-    refused_key: set[str] = _outside(group, regions)
+    # Out-of-region deployments never run; one whose error `repeats` is not tried again.
+    out_of_use: set[str] = _outside(group, regions)
     last_error: KeelError | None = None
     for attempt in range(group.retry.max_attempts):
         waited = False
-        deployment = group.choose(tried, exclude=refused_key)
+        deployment = group.choose(tried, exclude=out_of_use)
         if deployment is None:
-            deployment = await _wait_for_rate_limit(group, deadline, refused_key)
+            deployment = await _wait_for_rate_limit(group, deadline, out_of_use)
             if deployment is None:
                 break
             waited = True
@@ -204,9 +203,8 @@ async def _run_group(
                 deployment.health.rate_limited(_retry_after(exc), probe=probe)
             else:
                 deployment.health.failed(kind, retry_after_s=_retry_after(exc), probe=probe)
-            if kind == "auth" or exc.code == MODEL_NOT_LOADABLE:
-                # The same key, or the same missing model file, fails the same way again.
-                refused_key.add(deployment.id)
+            if exc.repeats:
+                out_of_use.add(deployment.id)
             last_error = exc
             if kind not in group.retry.retry_on:
                 raise _Exhausted(exc) from None
@@ -230,7 +228,7 @@ async def _run_group(
         deployment.health.succeeded(time.monotonic() - started, probe=probe, release=not hold)
         trace.tried.append((deployment.id, "ok"))
         return result
-    raise _Exhausted(last_error or _all_rate_limited(group, refused_key))
+    raise _Exhausted(last_error or _all_rate_limited(group, out_of_use))
 
 
 def _outside(group: ModelGroup, regions: frozenset[str] | None) -> set[str]:
