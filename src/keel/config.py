@@ -24,6 +24,10 @@ from pydantic import (
 
 from keel.governance.config import AuthConfig, QuotaConfig, ResidencyConfig
 from keel.governance.guardrails.config import GuardrailsConfig, PiiConfig
+from keel.monitoring.alerts_config import AlertsConfig
+from keel.monitoring.config import MetricsConfig
+from keel.monitoring.tracing_config import TracingConfig
+from keel.tracking.config import TrackingConfig
 
 __all__ = [
     "DeploymentConfig",
@@ -41,6 +45,10 @@ _ORIGIN_PATTERN = re.compile(r"https?://([a-z0-9_.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# Section models that subclass `_Section` live in their own modules; imported once it exists.
+from keel.monitoring.drift_config import DriftConfig  # noqa: E402
 
 
 class ServerConfig(_Section):
@@ -352,6 +360,16 @@ class Settings(_Section):
     pii: PiiConfig = Field(default_factory=PiiConfig)
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    # monitoring: metrics
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    # monitoring: traces
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    # monitoring: drift
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    # monitoring: alerts
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    # experiments: tracking
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     config_file: Path | None = None
 
     @model_validator(mode="after")

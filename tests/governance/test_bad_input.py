@@ -253,6 +253,7 @@ EXERCISED = {
     ("GET", f"{K}/audit/export"),
     ("POST", f"{K}/audit/verify"),
     ("GET", f"{K}/requests/{{request_id}}"),
+    ("GET", f"{K}/requests/{{request_id}}/trace"),
 }
 
 
@@ -449,10 +450,17 @@ async def test_requests(server: Server) -> None:
         *queries(f"{K}/requests", "model", RAW_QUERY),
         *queries(f"{K}/requests", "limit", RAW_NUMBER),
         *paths("GET", f"{K}/requests/{{}}"),
+        *paths("GET", f"{K}/requests/{{}}/trace"),
     ]
     await check(server.client, calls)
-    for url, param in ((f"{K}/requests?model=%00", "model"), (f"{K}/requests/a%00b", "request_id")):
+    for url, param in (
+        (f"{K}/requests?model=%00", "model"),
+        (f"{K}/requests/a%00b", "request_id"),
+        (f"{K}/requests/a%00b/trace", "request_id"),
+    ):
         refused = await server.client.get(url, headers=HEADERS)
         assert (refused.status_code, refused.json()["error"]["param"]) == (400, param)
     missing = await server.client.get(f"{K}/requests/{'x' * 10_000}", headers=HEADERS)
+    assert missing.status_code == 404
+    missing = await server.client.get(f"{K}/requests/{'x' * 10_000}/trace", headers=HEADERS)
     assert missing.status_code == 404

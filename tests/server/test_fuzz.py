@@ -104,15 +104,15 @@ def _seed(client: Any) -> dict[str, Any]:
 
 
 def _steer(loaded: Any, known: dict[str, Any]) -> None:
-    names = {"teams": "ml", "users": "alice", "registry": CARD}
+    names = {"teams": "ml", "users": "alice", "registry": CARD, "drift": MODEL}
 
     def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> Any:
         if not path_parameters:
             return st.just(path_parameters)
         path = context.operation.path
         existing = {key: value for key, value in known.items() if key in path_parameters}
-        if "name" in path_parameters:
-            family = next(family for family in names if f"/{family}/" in path)
+        family = next((family for family in names if f"/{family}/" in path), None)
+        if "name" in path_parameters and family is not None:
             existing["name"] = names[family]
         return st.sampled_from([path_parameters, {**path_parameters, **existing}])
 

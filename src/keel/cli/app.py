@@ -5,8 +5,10 @@ import typer
 from keel.cli import (
     audit_commands,
     client_commands,
+    eval_commands,
     identity_commands,
     key_commands,
+    metrics_commands,
     registry_commands,
     serve,
 )
@@ -35,6 +37,38 @@ app.add_typer(key_commands.keys_app, name="keys")
 app.command("usage")(key_commands.usage)
 app.command("whoami")(key_commands.whoami)
 app.add_typer(audit_commands.app, name="audit")
+# monitoring: metrics
+app.command("metrics")(metrics_commands.metrics)
+# monitoring: traces
+from keel.cli import trace_commands  # noqa: E402  (kept beside its registration)
+
+app.command("trace")(trace_commands.trace)
+# monitoring: feedback and quality
+from keel.cli import feedback_commands  # noqa: E402  (kept beside its registration)
+
+app.command("feedback")(feedback_commands.feedback)
+app.command("quality")(feedback_commands.quality)
+# monitoring: drift
+from keel.cli import drift_commands  # noqa: E402
+
+app.command("drift")(drift_commands.drift)
+# monitoring: alerts
+from keel.cli import alert_commands  # noqa: E402  (kept beside its registration)
+
+app.add_typer(alert_commands.app, name="alerts")
+# experiments: tracking
+from keel.cli import run_commands  # noqa: E402  (kept beside its registration)
+
+app.add_typer(run_commands.runs_app, name="runs")
+app.add_typer(run_commands.experiments_app, name="experiments")
+# experiments: datasets and prompts
+from keel.cli import dataset_commands, prompt_commands  # noqa: E402
+
+app.add_typer(dataset_commands.app, name="datasets")
+app.add_typer(prompt_commands.app, name="prompts")
+app.add_typer(prompt_commands.scorers_app, name="scorers")
+# evaluation: suites and search
+app.add_typer(eval_commands.app, name="eval")
 app.command("version")(client_commands.version)
 
 

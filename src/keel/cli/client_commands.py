@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from keel import __version__
@@ -106,6 +107,9 @@ def requests(
     model: str | None = typer.Option(None, "--model", "-m"),
     url: str | None = UrlOption,
     api_key: str | None = KeyOption,
+    wide: bool = typer.Option(
+        False, "--wide", "-w", help="Every column: date, deployment, request id, caller."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show the most recent request records."""
@@ -114,18 +118,43 @@ def requests(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("time", "model", "deployment", "status", "ms", "tokens in/out", "cost $")
+    console.print(_requests_table(rows, wide=wide))
+
+
+def _requests_table(rows: list[dict[str, Any]], *, wide: bool) -> Table:
+    """At 80 columns: time of day, model, status, latency, tokens and cost, none of them cut;
+    `--wide` adds the date, deployment, request id and caller."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    table.add_column("date" if wide else "time", no_wrap=True)
+    table.add_column("model", overflow="fold")
+    if wide:
+        table.add_column("deployment", overflow="fold")
+    table.add_column("status", justify="right", no_wrap=True)
+    table.add_column("ms", justify="right", no_wrap=True)
+    table.add_column("tokens", justify="right", no_wrap=True)
+    table.add_column("cost $", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("request id", no_wrap=True)
+        table.add_column("caller", overflow="fold")
     for row in rows:
-        table.add_row(
-            row["created_at"][:19],
-            row["model_requested"] or "",
-            row["deployment"] or "",
-            str(row["status_code"]),
+        created = str(row["created_at"])
+        cells = [created[:19].replace("T", " ") if wide else created[11:19]]
+        cells.append(row["model_requested"] or "")
+        if wide:
+            cells.append(row["deployment"] or "")
+        status = str(row["status_code"])
+        if row.get("cache") == "hit":
+            status += " hit"
+        cells += [
+            status,
             f"{row['latency_ms']:.0f}",
             f"{row['prompt_tokens'] or 0}/{row['completion_tokens'] or 0}",
             "" if row["cost_usd"] is None else f"{row['cost_usd']:.6f}",
-        )
-    console.print(table)
+        ]
+        if wide:
+            cells += [row["id"], row.get("caller") or ""]
+        table.add_row(*cells)
+    return table
 
 
 def deployments(

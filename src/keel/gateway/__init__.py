@@ -2,6 +2,15 @@
 
 from keel.gateway.call import Call
 from keel.gateway.pricing import PriceTable, Usage
-from keel.gateway.service import BodySource, Gateway, Governance, Reply
+from keel.gateway.service import BodySource, CallObserver, Gateway, Governance, Reply
 
-__all__ = ["BodySource", "Call", "Gateway", "Governance", "PriceTable", "Reply", "Usage"]
+__all__ = [
+    "BodySource",
+    "Call",
+    "CallObserver",
+    "Gateway",
+    "Governance",
+    "PriceTable",
+    "Reply",
+    "Usage",
+]

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from keel.errors import ClientClosedRequestError, KeelError
 from keel.gateway.pricing import Usage
 from keel.routing import AttemptTrace
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from keel.governance.policy import Estimate, Residency
     from keel.governance.quotas import Reservation
     from keel.identity import Actor
+    from keel.monitoring.trace_context import TraceContext
     from keel.providers import Provider
     from keel.registry.view import ResolvedModel
 
@@ -35,6 +38,8 @@ class Call:
     request_id: str = field(default_factory=lambda: f"req_{uuid.uuid4().hex}")
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
+    # The perf_counter reading at `created_at`: places every perf_counter time on the wall clock.
+    created_clock: float = field(default_factory=time.perf_counter)
     model_requested: str | None = None
     group: str | None = None
     trace: AttemptTrace = field(default_factory=AttemptTrace)
@@ -63,6 +68,17 @@ class Call:
     answered: bool = False  # a provider produced an answer (paid for, whatever came after)
     # The answering upstream's request id and rate-limit headers, relayed to the client.
     upstream_headers: dict[str, str] = field(default_factory=dict)
+    # The parsed request and, unless streamed, the answer: references only, for observers that
+    # opt in to content (payload capture, traces with content); nothing is copied here.
+    request: BaseModel | None = None
+    response: dict[str, Any] | None = None
+    # For the trace, built after the call: the caller's trace continued (set when tracing is
+    # on), the steps timed on the way as (name, start, end, attributes) in perf_counter time,
+    # and what a stream said of itself (a non-stream's answer says it in `response`).
+    trace_context: TraceContext | None = None
+    phases: list[tuple[str, float, float, dict[str, Any] | None]] = field(default_factory=list)
+    response_model: str | None = None
+    finish_reasons: list[str] = field(default_factory=list)
 
     @property
     def provider(self) -> Provider | None:
@@ -77,6 +93,10 @@ class Call:
     def overhead_ms(self) -> float:
         """Time spent in Keel so far, upstream time excluded."""
         return max(self.elapsed_ms() - self.upstream_s * 1000, 0.0)
+
+    def phase(self, name: str, started: float, attributes: dict[str, Any] | None = None) -> None:
+        """A step that began at `started` (perf_counter) ends now."""
+        self.phases.append((name, started, time.perf_counter(), attributes))
 
     def fail(self, error: KeelError) -> None:
         self.error = error
@@ -102,6 +122,9 @@ class Call:
                 "unknown" if self.cost_usd is None else f"{self.cost_usd:.8f}"
             )
         headers["x-keel-overhead-ms"] = f"{self.overhead_ms():.3f}"
+        if self.trace_context is not None:
+            headers["x-keel-trace-id"] = self.trace_context.trace_id
+            headers["traceparent"] = self.trace_context.traceparent()
         return headers
 
     def record(self) -> dict[str, Any]:
@@ -144,6 +167,7 @@ class Call:
             "guardrails": self._guardrail_decisions(),
             "attempts": self.trace.attempts,
             "cache": self.cache_status,
+            "registry_version": _text(self.registry_version, 255),
         }
 
     def _guardrail_decisions(self) -> list[dict[str, Any]] | None:

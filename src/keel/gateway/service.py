@@ -28,6 +28,7 @@ from keel.gateway.metering import Metering
 from keel.gateway.pricing import PriceTable, Usage
 from keel.gateway.screening import StreamScreen
 from keel.gateway.sse import DONE, encode_error, encode_event
+from keel.monitoring.trace_context import continue_trace
 from keel.providers.exchange import Exchange, current_exchange
 from keel.registry.enforce import enforce_card_limits
 from keel.request_parsing import parse_request
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from keel.routing import Capability, ModelGroup, Router
     from keel.store import RequestRecorder
 
-__all__ = ["BodySource", "Gateway", "Governance", "Reply"]
+__all__ = ["BodySource", "CallObserver", "Gateway", "Governance", "Reply"]
 
 log = logging.getLogger("keel.gateway")
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -63,6 +64,10 @@ class Governance:
 
 
 BodySource = Callable[[], Awaitable[bytes]]
+# Told of every finished call with its record, on the request path's thread but after the
+# response is settled: an observer must only hand the call on (update counters, queue spans),
+# never wait.
+CallObserver = Callable[[Call, dict[str, Any]], None]
 
 
 @dataclass(slots=True)
@@ -84,14 +89,19 @@ class Gateway:
         caching: ResponseCaching | None = None,
         registry: RegistryView | None = None,
         governance: Governance | None = None,
+        observers: tuple[CallObserver, ...] = (),
     ) -> None:
         self.router = router
+        self.observers = observers
         self.recorder = recorder
         self.prices = prices
         self.caching = caching or ResponseCaching(None)
         self.registry = registry
         self.governance = governance or Governance()
         self.metering = Metering(self.governance.policy, self.governance.quotas)
+        # Set by the tracing part when it starts: every call then continues the caller's trace
+        # (or starts one) and names it in its response headers.
+        self.tracing = False
 
     async def chat_completions(self, body: BodySource, call: Call) -> Reply:
         async with self._recorded(call):
@@ -99,11 +109,13 @@ class Gateway:
             cache_control = self.caching.control(request, call.request_headers)
             group = self._route(call, request, "chat")
             await self._screen_input(call, request, group)
-            await self.metering.reserve(call, request, group)
+            await self._reserve(call, request, group)
             call.cache_plan = self._cache_plan(call, group, request, cache_control)
             if call.cache_plan is not None:
+                started = time.perf_counter()
                 cached = await self.caching.lookup(call.cache_plan)
                 call.cache_status = "miss" if cached is None else "hit"
+                call.phase("cache.lookup", started)
                 if cached is not None:
                     return await self._serve_cached(call, cached, request)
             if request.stream:
@@ -131,7 +143,7 @@ class Gateway:
             take_cache_field(request)  # only chat completions are cached; never forward it
             group = self._route(call, request, "completions")
             await self._screen_input(call, request, group)
-            await self.metering.reserve(call, request, group)
+            await self._reserve(call, request, group)
             wants_usage = bool(request.stream_options and request.stream_options.include_usage)
             if request.stream:
 
@@ -163,7 +175,7 @@ class Gateway:
             take_cache_field(request)
             group = self._route(call, request, "embeddings")
             await self._screen_input(call, request, group)
-            await self.metering.reserve(call, request, group)
+            await self._reserve(call, request, group)
             response = await self._attempt(
                 call, group, lambda provider: provider.embed(request), request
             )
@@ -174,6 +186,7 @@ class Gateway:
 
     async def _parse(self, schema: type[RequestT], body: BodySource, call: Call) -> RequestT:
         request = parse_request(schema, await body())
+        call.request = request
         call.model_requested = getattr(request, "model", None)
         call.stream = bool(getattr(request, "stream", False))
         return request
@@ -225,14 +238,30 @@ class Gateway:
             for d in chained.deployments
         )
         actor = call.actor
-        call.screening = await guardrails.screen_request(
-            request, team=actor.team if actor else None, model=group.id, external=external
-        )
+        started = time.perf_counter()
+        try:
+            call.screening = await guardrails.screen_request(
+                request, team=actor.team if actor else None, model=group.id, external=external
+            )
+        finally:
+            call.phase("guardrails.input", started)
 
     async def _screen_output(self, call: Call, response: dict[str, Any]) -> None:
         guardrails = self.governance.guardrails
         if guardrails is not None and call.screening is not None:
-            await guardrails.screen_response(call.screening, response)
+            started = time.perf_counter()
+            try:
+                await guardrails.screen_response(call.screening, response)
+            finally:
+                call.phase("guardrails.output", started)
+
+    async def _reserve(self, call: Call, request: BaseModel, group: ModelGroup) -> None:
+        started = time.perf_counter()
+        try:
+            await self.metering.reserve(call, request, group)
+        finally:
+            if call.estimate is not None:  # the caller had limits: quotas were consulted
+                call.phase("quota.reserve", started)
 
     def _cache_plan(
         self, call: Call, group: ModelGroup, request: ChatCompletionRequest, control: Any
@@ -293,6 +322,7 @@ class Gateway:
             call.cost_usd = self.prices.cost(price, call.usage)
 
     def _reply(self, call: Call, response: dict[str, Any]) -> Reply:
+        call.response = response
         return Reply(headers=call.headers(), body=response)
 
     async def _serve_cached(
@@ -312,6 +342,7 @@ class Gateway:
         on a failure becomes an error event at the end of the stream."""
         first, rest = opened
         call.stream = True
+        call.response_model = first.get("model")
         call.stream_overhead_ms = call.overhead_ms()
         reply = Reply(headers=call.headers())
         relay = self._relay(call, first, rest, include_usage)
@@ -349,6 +380,8 @@ class Gateway:
                         content_chunks += 1
                         if call.first_token_at is None:
                             call.first_token_at = time.perf_counter()
+                    else:
+                        _note_finish(call, chunk)
                     yield encode_event(chunk)
                 elif include_usage and "usage" in chunk:
                     yield encode_event(chunk)
@@ -359,7 +392,11 @@ class Gateway:
                     if storing:
                         relayed.append(dict(tail))
                     yield encode_event(tail)
-                await screen.check_output()
+                started = time.perf_counter()
+                try:
+                    await screen.check_output()
+                finally:
+                    call.phase("guardrails.output", started)
             completed = True
             if storing:
                 self.caching.store(call.cache_plan, assemble(relayed))
@@ -427,6 +464,9 @@ class Gateway:
     @asynccontextmanager
     async def _recorded(self, call: Call) -> AsyncIterator[None]:
         """Finish the call exactly once: here, unless a stream took over the finishing."""
+        if self.tracing:
+            # The request id's random hex doubles as the trace id of a trace Keel starts.
+            call.trace_context = continue_trace(call.request_headers, call.request_id[4:])
         try:
             yield
         except KeelError as exc:
@@ -451,6 +491,11 @@ class Gateway:
         self.metering.settle(call)
         record = call.record()
         self.recorder.add(record)
+        for observe in self.observers:
+            try:
+                observe(call, record)
+            except Exception:
+                log.exception("call observer %r failed", observe)
         audit = self.governance.audit
         if audit is not None:
             audit.record(
@@ -511,6 +556,14 @@ async def _first_chunk(chunks: AsyncIterator[dict[str, Any]]) -> Opened:
     except StopAsyncIteration:
         raise UpstreamBadResponseError("the stream ended before its first chunk") from None
     return first, iterator
+
+
+def _note_finish(call: Call, chunk: dict[str, Any]) -> None:
+    """A chunk without output usually closes a choice: its finish reason goes on the trace."""
+    for choice in chunk["choices"]:
+        reason = choice.get("finish_reason")
+        if reason:
+            call.finish_reasons.append(reason)
 
 
 def _carries_output(chunk: dict[str, Any]) -> bool:

@@ -36,6 +36,15 @@ Permission = Literal[
     "directory.read",
     "directory.write",
     "audit.read",
+    # monitoring
+    "drift.read",
+    "quality.read",
+    "metrics.read",
+    "alerts.read",
+    "alerts.write",
+    # experiments and evaluation
+    "experiments.read",
+    "experiments.write",
 ]
 RouteClass = Literal["inference", "management"]
 
@@ -54,6 +63,15 @@ PERMISSIONS: dict[Permission, str] = {
     "directory.read": "maintainer",
     "directory.write": "admin",
     "audit.read": "admin",
+    # monitoring
+    "drift.read": "viewer",
+    "quality.read": "viewer",
+    "metrics.read": "viewer",
+    "alerts.read": "viewer",
+    "alerts.write": "maintainer",
+    # experiments and evaluation
+    "experiments.read": "viewer",
+    "experiments.write": "developer",
 }
 
 PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
@@ -127,6 +145,59 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("GET", "/v1/keel/audit"): "audit.read",
     ("GET", "/v1/keel/audit/export"): "audit.read",
     ("POST", "/v1/keel/audit/verify"): "audit.read",
+    # monitoring: metrics
+    ("GET", "/metrics"): "metrics.read",
+    # monitoring: traces
+    ("GET", "/v1/keel/requests/{request_id}/trace"): "requests.read",
+    # monitoring: feedback and quality
+    # Posting feedback is an inference-class route: an application's inference key sends its
+    # users' thumbs. Reading it back follows the request records.
+    ("POST", "/v1/keel/feedback"): "inference",
+    ("GET", "/v1/keel/feedback"): "requests.read",
+    ("GET", "/v1/keel/quality"): "quality.read",
+    # monitoring: drift
+    ("GET", "/v1/keel/drift/{name:path}"): "drift.read",
+    ("GET", "/v1/keel/drift/{name:path}/history"): "drift.read",
+    # monitoring: alerts
+    ("GET", "/v1/keel/alerts"): "alerts.read",
+    ("GET", "/v1/keel/alerts/history"): "alerts.read",
+    ("GET", "/v1/keel/alerts/deliveries"): "alerts.read",
+    ("GET", "/v1/keel/alerts/rules"): "alerts.read",
+    ("POST", "/v1/keel/alerts/rules"): "alerts.write",
+    ("GET", "/v1/keel/alerts/rules/{name}"): "alerts.read",
+    ("DELETE", "/v1/keel/alerts/rules/{name}"): "alerts.write",
+    ("POST", "/v1/keel/alerts/rules/{name}/disable"): "alerts.write",
+    ("POST", "/v1/keel/alerts/rules/{name}/enable"): "alerts.write",
+    # experiments: tracking
+    ("GET", "/v1/keel/experiments"): "experiments.read",
+    ("POST", "/v1/keel/experiments"): "experiments.write",
+    ("GET", "/v1/keel/runs"): "experiments.read",
+    ("POST", "/v1/keel/runs"): "experiments.write",
+    ("GET", "/v1/keel/runs/compare"): "experiments.read",
+    ("GET", "/v1/keel/runs/{run_id}"): "experiments.read",
+    ("POST", "/v1/keel/runs/{run_id}/log"): "experiments.write",
+    ("POST", "/v1/keel/runs/{run_id}/finish"): "experiments.write",
+    ("GET", "/v1/keel/runs/{run_id}/metrics"): "experiments.read",
+    ("POST", "/v1/keel/runs/{run_id}/artifacts"): "experiments.write",
+    ("GET", "/v1/keel/runs/{run_id}/artifacts/{name:path}"): "experiments.read",
+    ("POST", "/v1/keel/runs/{run_id}/inputs"): "experiments.write",
+    ("POST", "/v1/keel/runs/{run_id}/model-configs"): "experiments.write",
+    # experiments: datasets and prompts
+    ("POST", "/v1/keel/datasets"): "experiments.write",
+    ("GET", "/v1/keel/datasets"): "experiments.read",
+    ("GET", "/v1/keel/datasets/{name}"): "experiments.read",
+    ("GET", "/v1/keel/datasets/{name}/versions/{ref}"): "experiments.read",
+    ("GET", "/v1/keel/datasets/{name}/versions/{ref}/rows"): "experiments.read",
+    ("POST", "/v1/keel/prompts"): "experiments.write",
+    ("GET", "/v1/keel/prompts"): "experiments.read",
+    ("GET", "/v1/keel/prompts/{name}"): "experiments.read",
+    ("GET", "/v1/keel/prompts/{name}/versions/{ref}"): "experiments.read",
+    ("POST", "/v1/keel/prompts/{name}/render"): "experiments.read",
+    ("PUT", "/v1/keel/prompts/{name}/aliases/{alias}"): "experiments.write",
+    ("GET", "/v1/keel/prompts/{name}/aliases/history"): "experiments.read",
+    ("GET", "/v1/keel/scorers"): "experiments.read",
+    # Model-backed scorers call models as the caller: the same permission as any call.
+    ("POST", "/v1/keel/scorers/score"): "inference",
 }
 
 _INFERENCE_PERMISSIONS = frozenset({"inference", "models.read"})

@@ -47,10 +47,22 @@ from keel.errors import (
 from keel.providers import Provider
 from keel.routing.group import Deployment, ModelGroup
 
-__all__ = ["AttemptTrace", "execute"]
+__all__ = ["Attempt", "AttemptTrace", "execute"]
 
 T = TypeVar("T")
 log = logging.getLogger("keel.routing")
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One attempt, timed with `time.perf_counter`, for the call's trace."""
+
+    deployment: Deployment
+    group: str
+    outcome: str
+    started: float
+    ended: float
+    error: KeelError | None = None
 
 
 @dataclass
@@ -60,10 +72,19 @@ class AttemptTrace:
     tried: list[tuple[str, str]] = field(default_factory=list)  # (deployment id, outcome)
     deployment: Deployment | None = None
     group: str | None = None  # the group of `deployment`: the requested one or a fallback
+    timeline: list[Attempt] = field(default_factory=list)  # the same attempts, timed
 
     @property
     def attempts(self) -> int:
         return len(self.tried)
+
+    def add(
+        self, deployment: Deployment, outcome: str, started: float, error: KeelError | None = None
+    ) -> None:
+        self.tried.append((deployment.id, outcome))
+        self.timeline.append(
+            Attempt(deployment, self.group or "", outcome, started, time.perf_counter(), error)
+        )
 
     def describe(self) -> str:
         return ", ".join(f"{deployment} ({outcome})" for deployment, outcome in self.tried)
@@ -179,6 +200,7 @@ async def _run_group(
         trace.deployment = deployment
         probe = deployment.health.started()
         started = time.monotonic()
+        clock = time.perf_counter()
         try:
             async with asyncio.timeout(remaining):
                 result = await invoke(deployment.provider)
@@ -187,11 +209,11 @@ async def _run_group(
                 f"the request deadline of {group.retry.deadline_s:g}s passed"
             )
             deployment.health.failed("deadline", probe=probe)
-            trace.tried.append((deployment.id, "deadline"))
+            trace.add(deployment, "deadline", clock, error)
             raise _Exhausted(error) from None
         except KeelError as exc:
             kind = failure_kind(exc)
-            trace.tried.append((deployment.id, kind or f"HTTP {exc.status_code}"))
+            trace.add(deployment, kind or f"HTTP {exc.status_code}", clock, exc)
             if kind is None:
                 # The request's own fault (or Keel's): the deployment did nothing wrong.
                 deployment.health.released(probe=probe)
@@ -214,7 +236,7 @@ async def _run_group(
             # seam; anything else was raised by Keel's own adapter code. That is Keel's bug, to
             # be logged and answered as such, never a health event for the deployment.
             deployment.health.released(probe=probe)
-            trace.tried.append((deployment.id, "internal_error"))
+            trace.add(deployment, "internal_error", clock)
             log.exception("Keel's adapter for deployment %s failed", deployment.id)
             raise InternalError(
                 f"Keel failed to handle the request for deployment {deployment.id!r} "
@@ -223,10 +245,10 @@ async def _run_group(
         except BaseException:
             # Cancelled: the client went away, or the server is stopping.
             deployment.health.released(probe=probe)
-            trace.tried.append((deployment.id, "cancelled"))
+            trace.add(deployment, "cancelled", clock)
             raise
         deployment.health.succeeded(time.monotonic() - started, probe=probe, release=not hold)
-        trace.tried.append((deployment.id, "ok"))
+        trace.add(deployment, "ok", clock)
         return result
     raise _Exhausted(last_error or _all_rate_limited(group, out_of_use))
 

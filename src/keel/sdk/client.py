@@ -7,9 +7,13 @@ from typing import Any
 
 import httpx
 
+from keel.sdk.alerts import AlertsAPI
 from keel.sdk.audit import AuditAPI
+from keel.sdk.drift import DriftAPI
 from keel.sdk.governance import GovernanceAPI
+from keel.sdk.metrics import MetricsAPI
 from keel.sdk.registry import RegistryAPI
+from keel.sdk.traces import TraceAPI
 
 __all__ = ["Keel", "KeelAPIError", "KeelConnectionError"]
 
@@ -62,6 +66,29 @@ class Keel:
         self.registry = RegistryAPI(self._request, http=self._http)
         self.governance = GovernanceAPI(self._request)
         self.audit = AuditAPI(self._request, http=self._http)
+        # monitoring: metrics
+        self.metrics = MetricsAPI(self._http)
+        # monitoring: traces
+        self.trace = TraceAPI(self._request)  # keel.trace(request_id)
+        # monitoring: feedback and quality
+        from keel.sdk.feedback import FeedbackAPI, QualityAPI
+
+        self.feedback = FeedbackAPI(self._request)
+        self.quality = QualityAPI(self._request)
+        # monitoring: drift
+        self.drift = DriftAPI(self._request)
+        # monitoring: alerts
+        self.alerts = AlertsAPI(self._request)
+        # experiments: tracking
+        from keel.sdk.tracking import TrackingAPI
+
+        self.tracking = TrackingAPI(self._request, http=self._http)
+        # experiments: datasets and prompts
+        from keel.sdk.library import DatasetsAPI, PromptsAPI, ScorersAPI
+
+        self.datasets = DatasetsAPI(self._request)
+        self.prompts = PromptsAPI(self._request)
+        self.scorers = ScorersAPI(self._request, self)
 
     def __enter__(self) -> Keel:
         return self

@@ -39,6 +39,10 @@ class AuthenticateFirst:
             await self.app(scope, receive, send)
             return
         keel: Services = scope["app"].state.keel
+        if scope["path"] == "/metrics" and keel.settings.metrics.public:
+            # An operator made the scrape public (`metrics.public`); the route checks the rest.
+            await self.app(scope, receive, send)
+            return
         client = scope.get("client")
         client_ip = client[0] if client else None
         try:

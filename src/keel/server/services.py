@@ -16,7 +16,7 @@ from keel import secrets
 from keel.cache import Caches, Verifier, build_cache, judge_verifier, provider_embedder
 from keel.config import Settings
 from keel.errors import ConfigError, KeelError
-from keel.gateway import Gateway, PriceTable
+from keel.gateway import CallObserver, Gateway, PriceTable
 from keel.gateway.caching import ResponseCaching
 from keel.gateway.service import Governance
 from keel.governance.access import Access
@@ -28,10 +28,18 @@ from keel.governance.oidc import OidcVerifier
 from keel.governance.policy import RequestPolicy
 from keel.governance.propagation import ChangeFeed, change_channel
 from keel.governance.quotas import Quotas, build_quotas
+from keel.monitoring.alerts_service import Alerts, start_alerts
+from keel.monitoring.capture import PayloadCapture
+from keel.monitoring.drift import DriftMonitor, register_gauges
+from keel.monitoring.metrics import Metrics
+from keel.monitoring.tracing import Tracing, build_tracing
 from keel.registry import Registry, RegistryView
 from keel.routing import AttemptTrace, Router, build_router
 from keel.schemas import ChatCompletionRequest
 from keel.store import Database, RequestRecorder
+from keel.tracking.datasets import DatasetStore
+from keel.tracking.prompts import PromptStore
+from keel.tracking.service import TrackingService
 
 __all__ = ["Services", "running_services", "services"]
 
@@ -55,6 +63,20 @@ class Services:
     policy: RequestPolicy
     guardrails: Guardrails
     warmup: asyncio.Task[None] | None = None
+    # monitoring: metrics
+    metrics: Metrics | None = None
+    # monitoring: traces
+    tracing: Tracing | None = None
+    # monitoring: drift
+    drift: DriftMonitor | None = None
+    payload_capture: PayloadCapture | None = None
+    # monitoring: alerts
+    alerts: Alerts | None = None
+    # experiments: tracking
+    tracking: TrackingService | None = None
+    # experiments: datasets and prompts
+    datasets: DatasetStore | None = None
+    prompts: PromptStore | None = None
 
     async def registry_changed(self) -> None:
         """A registry write went through this replica: the gateway's view reloads before the
@@ -131,8 +153,38 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     await registry_view.start()
     policy = RequestPolicy(access, settings.quotas, settings.residency, prices)
     governance = Governance(policy, quotas, guardrails, audit)
+    # Each monitoring part that watches calls adds its observer here.
+    observers: list[CallObserver] = []
+    # monitoring: metrics (observer)
+    metrics = (
+        Metrics(settings.metrics, router=router, recorder=recorder, audit=audit, caching=caching)
+        if settings.metrics.enabled
+        else None
+    )
+    if metrics is not None:
+        observers.append(metrics.observe)
+    # monitoring: traces (observer)
+    tracing = build_tracing(settings, database, guardrails.mask_for_storage)
+    if tracing is not None:
+        observers.append(tracing.observe)
+    # monitoring: drift (observer)
+    payload_capture = (
+        PayloadCapture(settings.drift, database, router, guardrails)
+        if settings.drift.capture
+        else None
+    )
+    if payload_capture is not None:
+        await payload_capture.start()
+        observers.append(payload_capture.observe)
+    # evaluation: suites and search (observer)
     gateway = Gateway(
-        router, recorder, prices, caching=caching, registry=registry_view, governance=governance
+        router,
+        recorder,
+        prices,
+        caching=caching,
+        registry=registry_view,
+        governance=governance,
+        observers=tuple(observers),
     )
     # Again, now that every module the services use is imported and has its logger.
     secrets.guard_loggers()
@@ -152,6 +204,39 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         policy,
         guardrails,
     )
+    # Each part built on the services starts here.
+    # monitoring: metrics (start)
+    running.metrics = metrics
+    # monitoring: traces (start)
+    if tracing is not None:
+        await tracing.start()
+        running.tracing = tracing
+        gateway.tracing = True
+    # monitoring: feedback and quality (start)
+    from keel.monitoring.quality_gauges import QualityGauges
+
+    # Gauges only where there is a registry to scrape; they refresh in the background.
+    quality_gauges: QualityGauges | None = None
+    if running.metrics is not None:
+        quality_gauges = QualityGauges(database)
+        running.metrics.registry.register(quality_gauges)
+        await quality_gauges.start()
+    # monitoring: drift (start)
+    running.payload_capture = payload_capture
+    running.drift = DriftMonitor(database, registry, settings.drift)
+    await asyncio.to_thread(running.drift.load_latest)
+    if running.metrics is not None:
+        register_gauges(running.drift, running.metrics.registry)
+    # monitoring: alerts (start)
+    running.alerts = await start_alerts(settings, database, http, registry)
+    # experiments: tracking (start)
+    running.tracking = TrackingService.build(database, settings.tracking, settings.home_dir)
+    await running.tracking.start()
+    # experiments: datasets and prompts (start)
+    # Rows drawn from production go through the PII store policy before they are kept.
+    running.datasets = DatasetStore(database, settings.home_dir, mask=guardrails.mask_for_storage)
+    running.prompts = PromptStore(database)
+    # evaluation: suites and search (start)
     running.warmup = asyncio.create_task(
         _warm_up(router if settings.local_models.preload else None, guardrails)
     )
@@ -160,6 +245,23 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     finally:
         if running.warmup is not None and not running.warmup.done():
             running.warmup.cancel()
+        # Each part built on the services stops here, before what it uses.
+        # monitoring: traces (stop)
+        if tracing is not None:
+            await tracing.stop()
+        # monitoring: feedback and quality (stop)
+        if quality_gauges is not None:
+            await quality_gauges.stop()
+        # monitoring: drift (stop)
+        if payload_capture is not None:
+            await payload_capture.stop()
+        # monitoring: alerts (stop)
+        if running.alerts is not None:
+            await running.alerts.stop()
+        # experiments: tracking (stop)
+        if running.tracking is not None:
+            await running.tracking.stop()
+        # evaluation: suites and search (stop)
         await registry_view.close()
         await caching.close()
         if changes is not None:

@@ -46,8 +46,11 @@ class BatchWriter(ABC, Generic[T]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Read by the metrics at scrape time (keel.monitoring.metrics): items stored, items the
+        # database refused, and batch writes that failed and went back to the queue.
         self.written = 0
         self.dropped = 0
+        self.write_failures = 0
 
     @property
     def pending(self) -> int:
@@ -125,6 +128,7 @@ class BatchWriter(ABC, Generic[T]):
                 # At the front, so that the retry still writes them before anything queued since.
                 self._queue.extendleft(reversed(unwritten))
                 failures += 1
+                self.write_failures += 1
                 if self._stopping and failures >= _ATTEMPTS_WHEN_STOPPING:
                     return
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))

@@ -48,6 +48,7 @@ request_records = Table(
     Column("key_id", String(40)),
     Column("environment", String(16)),
     Column("guardrails", JSON),
+    Column("registry_version", String(255)),  # "name@3" when the model came from the registry
     Index("ix_request_records_created_at", "created_at"),
     Index("ix_request_records_model_requested", "model_requested"),
     Index("ix_request_records_team", "team"),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from keel.errors import KeelError, PermissionDeniedError
 from keel.gateway import BodySource, Call, Gateway, Reply
@@ -67,6 +68,7 @@ async def _serve(request: Request, endpoint: str, path: str, handler: Handler) -
     )
     limit = keel.settings.server.max_request_body_bytes
     watch = _DisconnectWatch(request)
+    metrics = keel.metrics
     try:
         try:
             call.actor = await authenticate_inference(
@@ -76,6 +78,9 @@ async def _serve(request: Request, endpoint: str, path: str, handler: Handler) -
             record_denial(keel, current_actor(request), f"POST /v1/{path}", exc)
             raise
         call.caller = _cache_scope(call.actor)
+        if metrics is not None:
+            # Every call counted here is finished exactly once by the gateway (its observer).
+            metrics.call_started()
         reply = await watch.run(handler(keel.gateway, watch.reading(limit), call))
     except KeelError as exc:
         return error_response(exc, call.headers())
@@ -85,12 +90,14 @@ async def _serve(request: Request, endpoint: str, path: str, handler: Handler) -
     if reply.stream is not None:
         return _GatewayStream(
             reply,
+            sent=None if metrics is None else partial(metrics.observe_response_size, call),
             media_type="text/event-stream",
             headers={**reply.headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
-    return Response(
-        content=orjson.dumps(reply.body), media_type="application/json", headers=reply.headers
-    )
+    content = orjson.dumps(reply.body)
+    if metrics is not None:
+        metrics.observe_response_size(call, len(content))
+    return Response(content=content, media_type="application/json", headers=reply.headers)
 
 
 class _DisconnectWatch:
@@ -164,17 +171,30 @@ async def embeddings(request: Request) -> Response:
 class _GatewayStream(StreamingResponse):
     """Tells the gateway when the response is over, read or not (see `Reply.done`)."""
 
-    def __init__(self, reply: Reply, **kwargs: Any) -> None:
+    def __init__(
+        self, reply: Reply, *, sent: Callable[[int], None] | None = None, **kwargs: Any
+    ) -> None:
         assert reply.stream is not None
         super().__init__(reply.stream, **kwargs)
         self._done = reply.done
+        self._sent = sent  # told the bytes of body sent, once the response is over
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        size = 0
+
+        async def counted(message: Message) -> None:
+            nonlocal size
+            if message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+            await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send if self._sent is None else counted)
         finally:
             if self._done is not None:
                 self._done()
+            if self._sent is not None:
+                self._sent(size)
 
 
 def _cache_scope(actor: Actor) -> str | None:

@@ -1,0 +1,1 @@
+"""The scorer implementations behind `keel.evals.scorers`."""

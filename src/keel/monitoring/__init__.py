@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics, traces, feedback and quality, drift, alerts."""
