@@ -330,3 +330,26 @@ def test_a_killed_run_resumes_without_rebilling(
     summary = json.loads(output)
     assert summary["resumed"] == finished and summary["new_calls"] == 40 - finished
     assert fake_openai.count() == billed_before + 40 - finished
+
+
+async def test_a_plain_prompt_name_means_its_production_alias(
+    tmp_path: Path, keel_home: Path, fake_openai: FakeOpenAI, fake_openai_url: str
+) -> None:
+    from keel.evals.api import arun_suite
+    from tests.conftest import running_app
+    from tests.evals.eval_fixtures import PRICES, ROWS, deployments, suite_dict
+
+    script(fake_openai)
+    settings = remote_settings(keel_home, deployments(fake_openai_url), prices=PRICES)
+    async with running_app(settings) as (_, client):
+        created = await client.post("/v1/keel/datasets", json={"name": "yn", "rows": ROWS})
+        assert created.status_code == 201, created.text
+        for template in ("{{ question }} (answer: {{ expected }})", "{{ question }}"):
+            prompt = {"name": "yn-p", "template": template}
+            assert (await client.post("/v1/keel/prompts", json=prompt)).status_code == 201
+        # Version 2 is the latest; production still points at version 1.
+        moved = await client.put("/v1/keel/prompts/yn-p/aliases/production", json={"version": 1})
+        assert moved.status_code == 200, moved.text
+        suite = suite_dict(models=["m-echo"], prompts=["yn-p"], dataset={"ref": "yn@1"})
+        result = await arun_suite(suite, http=client, settings=settings, state_path=tmp_path / "s")
+    assert [row.prompt_version for row in result.leaderboard.rows] == ["yn-p@1"]

@@ -35,9 +35,13 @@ async def resolve_prompt(spec: PromptSpec, client: EvalClient) -> ResolvedPrompt
     if spec.ref is None:
         return inline_prompt(spec)
     name, _, version = spec.ref.partition("@")
-    path = f"/v1/keel/prompts/{quote(name, safe='')}/versions/{quote(version or 'latest', safe='')}"
+    quoted = quote(name, safe="")
     try:
-        body = await client.get(path)
+        if not version:
+            # A plain name means what it means everywhere: its production alias, else the latest.
+            overview = await client.get(f"/v1/keel/prompts/{quoted}")
+            version = str(overview.get("aliases", {}).get("production", "latest"))
+        body = await client.get(f"/v1/keel/prompts/{quoted}/versions/{quote(version, safe='')}")
     except CallFailed as exc:
         raise InvalidRequestError(f"prompt {spec.ref!r}: {exc}", param="prompts") from None
     stored = _stored_version(body)
